@@ -1,0 +1,146 @@
+"""Run a real Mosquitto for tests: a given config text, every listener on a free loopback port.
+
+Mosquitto 2.0 binds all interfaces for a ``listener`` line without an address and ignores
+``-p``, so each ``listener PORT [ADDRESS]`` line is rewritten to ``listener <free> 127.0.0.1``.
+Started as root the broker drops to the ``mosquitto`` user, which cannot read pytest's private
+tmp dirs, so ``user`` lines are replaced by ``user root`` (a no-op when not run as root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+_LISTENER = re.compile(r"^listener\s+(\d+)(?:\s+\S+)?\s*$", re.MULTILINE)
+_USER = re.compile(r"^user\s+\S+\s*$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rewrite_config(
+    text: str, substitutions: Mapping[str, str] | None = None
+) -> tuple[str, dict[int, int]]:
+    """Return the config for loopback use and the map {port in the text: port now used}."""
+    for old, new in (substitutions or {}).items():
+        text = text.replace(old, new)
+    ports: dict[int, int] = {}
+
+    def loopback(match: re.Match[str]) -> str:
+        ports[int(match.group(1))] = port = free_port()
+        return f"listener {port} 127.0.0.1"
+
+    text = _LISTENER.sub(loopback, text)
+    text = _USER.sub("", text)
+    return f"user root\n{text}", ports
+
+
+@dataclass
+class Broker:
+    """A running broker; ``port`` is where the config's first listener now listens."""
+
+    config_path: Path
+    ports: dict[int, int]
+    command: Sequence[str]
+    env: Mapping[str, str]
+    host: str = "127.0.0.1"
+    log_path: Path = field(init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.config_path.with_suffix(".log")
+
+    @property
+    def port(self) -> int:
+        return next(iter(self.ports.values()))
+
+    def port_for(self, configured: int) -> int:
+        """The free port that replaced ``listener <configured>``."""
+        return self.ports[configured]
+
+    def start(self, timeout: float = 10.0) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                list(self.command), stdout=log, stderr=subprocess.STDOUT, env=dict(self.env)
+            )
+        deadline = time.monotonic() + timeout
+        waiting = set(self.ports.values())
+        while waiting:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited {self._proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"mosquitto did not listen on {sorted(waiting)}:\n{self.log()}")
+            for port in list(waiting):
+                with socket.socket() as sock:
+                    if sock.connect_ex((self.host, port)) == 0:
+                        waiting.discard(port)
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait: a clean exit is when Mosquitto writes its persistence file."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads the password and ACL files (and most of its config)."""
+        assert self._proc is not None and self._proc.poll() is None, "broker is not running"
+        self._proc.send_signal(signal.SIGHUP)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_broker(
+    config_text: str,
+    workdir: Path,
+    *,
+    substitutions: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Broker:
+    """Write ``config_text`` (rewritten for loopback) to ``workdir`` and start Mosquitto on it.
+
+    ``command`` replaces ``mosquitto -c <config>``; it gets the config path as ``MOSQUITTO_CONF``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    text, ports = rewrite_config(config_text, substitutions)
+    if not ports:
+        raise ValueError("the config has no listener line")
+    config_path = workdir / "mosquitto.conf"
+    config_path.write_text(text)
+    full_env = {**os.environ, **(env or {}), "MOSQUITTO_CONF": str(config_path)}
+    broker = Broker(
+        config_path=config_path,
+        ports=ports,
+        command=command or [MOSQUITTO, "-c", str(config_path)],
+        env=full_env,
+    )
+    broker.start()
+    return broker

@@ -1,0 +1,177 @@
+"""Real processes and real MQTT clients for the tests: a worker launcher and a collector.
+
+The broker itself comes from `broker_util` (Mosquitto on a free loopback port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from worker import wire
+
+REPO = Path(__file__).resolve().parent.parent
+HAILO_DOUBLE = REPO / "tests" / "hailo_double"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Any
+
+    def doc(self) -> Any:
+        return wire.decode(self.payload)
+
+
+@dataclass
+class Collector:
+    """A v5 client that records everything on its subscriptions, and can publish."""
+
+    port: int
+    topics: Iterable[str] = ("infer/#", "hailo/+/status", "reply/#")
+    client_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in self.topics])
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        if not self._subscribed.wait(5):
+            raise AssertionError("collector could not subscribe")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain),
+                                          getattr(msg, "properties", None)))
+
+    def on(self, topic_prefix: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic.startswith(topic_prefix)]
+
+    def answers(self) -> list[Received]:
+        return [m for m in self.on("infer/") if m.topic.endswith(("/result", "/error"))]
+
+    def wait_answers(self, n: int, timeout: float = 10) -> list[Received]:
+        wait_until(lambda: len(self.answers()) >= n, timeout, f"{n} answers")
+        return self.answers()
+
+    def statuses(self, worker_id: str) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.on(f"hailo/{worker_id}/status")]
+
+    def wait_state(self, worker_id: str, state: str, timeout: float = 15) -> dict[str, Any]:
+        def seen() -> bool:
+            docs = self.statuses(worker_id)
+            return bool(docs) and docs[-1]["state"] == state
+
+        wait_until(seen, timeout, f"{worker_id} to be {state}")
+        return self.statuses(worker_id)[-1]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *,
+                response_topic: str | None = None, correlation: bytes | None = None) -> None:
+        props = None
+        if response_topic is not None or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=qos, properties=props).wait_for_publish(5)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.messages.clear()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class WorkerProcess:
+    """The real `hailo-worker` as a child process (`python -m worker`)."""
+
+    def __init__(self, port: int, worker_id: str | None = None, log_dir: Path | None = None,
+                 **settings: Any) -> None:
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:6]}"
+        self.env = {
+            **os.environ,
+            "MQTT_HOST": "127.0.0.1",
+            "MQTT_PORT": str(port),
+            "WORKER_ID": self.worker_id,
+            "METRICS_PORT": "0",
+            "STATUS_INTERVAL_S": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if settings.get("infer_mode") == "hailo":
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(HAILO_DOUBLE), os.environ.get("PYTHONPATH")) if p)
+        self.env.update({k.upper(): str(v) for k, v in settings.items()})
+        self.log_path = (log_dir or Path("/tmp")) / f"{self.worker_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker"], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)

@@ -1,0 +1,58 @@
+"""Prometheus metrics for the worker, on a registry of its own.
+
+An owned registry (not the global default) can be built twice in one process without
+"Duplicated timeseries" errors (prometheus/client_python#537).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.windows = Counter(
+            "hailo_worker_windows_received", "Windows received from the broker.", registry=r
+        )
+        self.results = Counter(
+            "hailo_worker_results_published", "Results published.", registry=r
+        )
+        self.errors = Counter(
+            "hailo_worker_errors", "Error answers published, by code.", ["code"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "hailo_worker_queue_depth", "Windows waiting for a batch.", registry=r
+        )
+        self.device_up = Gauge(
+            "hailo_worker_device_up",
+            "1 while the configured backend serves, 0 while it is down (degraded).",
+            registry=r,
+        )
+        self.temperature = Gauge(
+            "hailo_worker_device_temperature_celsius", "Device temperature, where reported.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "hailo_worker_broker_connected", "1 while connected to the broker.", registry=r
+        )
+        self.batch_size = Histogram(
+            "hailo_worker_batch_size", "Windows per batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "hailo_worker_inference_seconds", "Backend time per batch.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.latency_seconds = Histogram(
+            "hailo_worker_latency_seconds", "Receipt to publish, per window.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on `port` (0: off)."""
+        if port:
+            start_http_server(port, registry=self.registry)

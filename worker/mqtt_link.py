@@ -1,0 +1,262 @@
+"""The MQTT link: one paho-mqtt 2.x client (MQTT v5) with what every process here needs.
+
+Credentials and TLS from the settings, a last will, reconnects with backoff (paho's own loop,
+which also retries the very first connection), subscriptions renewed on every connect, and
+QoS 1 publishes whose broker acknowledgement (PUBACK) can be waited on through a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from worker.settings import CommonSettings
+
+OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+RECEIVE_MAXIMUM = 65535  # let the broker send everything: QUEUE_MAX is our backpressure
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+
+
+def properties(
+    content_type: str | None = None,
+    response_topic: str | None = None,
+    correlation_data: bytes | None = None,
+) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if content_type is not None:
+        props.ContentType = content_type
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    return props
+
+
+class MqttLink:
+    """A v5 client that keeps itself connected.
+
+    Args:
+        settings: broker address, credentials and TLS files.
+        client_id: stable for a persistent session (the worker), unique per process otherwise.
+        subscriptions: (topic filter, qos) pairs, (re)subscribed in every on_connect.
+        on_message: called on paho's network thread; it must not block.
+        clean_start: False resumes the broker-side session (queued QoS 1 messages survive).
+        session_expiry_s: how long the broker keeps the session after a disconnect.
+        will: (topic, payload) published retained at QoS 1 by the broker if we vanish.
+        manual_ack: QoS 1 messages are acknowledged only by `ack()`, never automatically.
+        on_connected / on_disconnected: hooks run on the network thread.
+    """
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: OnMessage | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        will: tuple[str, bytes] | None = None,
+        manual_ack: bool = False,
+        on_connected: Callable[[], None] | None = None,
+        on_disconnected: Callable[[str], None] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.log = logger or logging.getLogger("worker.mqtt")
+        self.settings = settings
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self.clean_start = clean_start
+        self.session_expiry_s = session_expiry_s
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.connected = threading.Event()
+        self.last_error = "not connected yet"
+
+        # Acks can arrive before publish() has returned the mid to us (paho calls on_publish
+        # on its network thread), so a mid acked early is parked until it is registered.
+        self._ack_lock = threading.Lock()
+        self._waiting: dict[int, Callable[[], None] | None] = {}
+        self._early: set[int] = set()
+        self._idle = threading.Condition(self._ack_lock)
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        client.enable_logger(logging.getLogger("paho"))
+        # paho's send queue is rescanned on every ack: a bounded in-flight window keeps it cheap,
+        # while a larger queue lets bursts wait in paho rather than fail.
+        client.max_inflight_messages_set(200)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        if settings.mqtt_username:
+            password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+            client.username_pw_set(settings.mqtt_username, password)
+        if settings.mqtt_tls:
+            client.tls_set(
+                ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+                certfile=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
+                keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        if on_message is not None:
+            client.on_message = on_message
+        self.client = client
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; paho retries with backoff until `stop()`."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry_s
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self.client.connect_async(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=self.clean_start,
+            properties=props,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no will) and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def wait_all_acked(self, timeout: float) -> bool:
+        """Wait until every tracked QoS 1 publish has been acknowledged by the broker."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._waiting, timeout)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        props: Properties | None = None,
+        on_acked: Callable[[], None] | None = None,
+    ) -> bool:
+        """Queue a publish. `on_acked` runs on the network thread once the broker has it.
+
+        Returns False when paho refused it outright (its queue is full); a publish made while
+        disconnected is kept by paho and sent after the reconnect.
+        """
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        queued = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not queued:
+            self.log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+            return False
+        # Every publish that paho will report (QoS 0 once written, QoS 1 once acked) is claimed
+        # here, so no stale mid is left in _early to be mistaken for a later publish's ack.
+        with self._ack_lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                done = True
+            else:
+                self._waiting[info.mid] = on_acked
+                done = False
+        if done and on_acked is not None:
+            on_acked()
+        return True
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received QoS 1 message (manual_ack mode)."""
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties
+    ) -> None:
+        if reason.is_failure:
+            self.log.warning("broker refused publish %d: %s", mid, reason)
+        with self._ack_lock:
+            if mid in self._waiting:
+                callback = self._waiting.pop(mid)
+                if not self._waiting:
+                    self._idle.notify_all()
+            else:
+                self._early.add(mid)
+                callback = None
+        if callback is not None:
+            callback()
+
+    # -- connection events -------------------------------------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Nagle would hold small results back by tens of milliseconds.
+        raw = getattr(sock, "socket", sock)
+        with contextlib.suppress(OSError, AttributeError):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        # A refused CONNECT also arrives here: it must not count as connected (Frigate #342).
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            self.log.error("%s (%s:%s)", self.last_error, self.settings.mqtt_host,
+                           self.settings.mqtt_port)
+            return
+        self.log.info(
+            "connected to %s:%s as %s (session present: %s)",
+            self.settings.mqtt_host, self.settings.mqtt_port, self.client_id,
+            getattr(flags, "session_present", "?"),
+        )
+        if self.subscriptions:
+            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
+        self.last_error = ""
+        self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if reason.is_failure or was_connected:
+            self.last_error = f"disconnected from the broker: {reason}"
+        if was_connected and reason.is_failure:
+            self.log.warning("%s; reconnecting with backoff", self.last_error)
+        if was_connected and self.on_disconnected is not None:
+            self.on_disconnected(self.last_error)

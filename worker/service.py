@@ -1,0 +1,392 @@
+"""The worker: broker -> decode -> queue -> batch -> backend -> publish.
+
+Threads: paho's network thread decodes each window and queues it (never blocking on
+inference); one batch thread forms batches and publishes answers; one device thread runs the
+backend so that a hung device call is bounded (the watchdog) instead of stalling everything;
+the main thread refreshes the status and waits for a stop signal.
+
+A QoS 1 window is acknowledged to the broker only after the broker has acknowledged every
+answer to it, so a crash loses nothing: unacknowledged windows are redelivered.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from worker import backends
+from worker.backends.base import Backend, Floats, InferenceError
+from worker.batcher import BatchQueue
+from worker.metrics import WorkerMetrics
+from worker.mqtt_link import MqttLink, properties
+from worker.settings import WorkerSettings
+from worker.status import State, Status, will_payload
+from worker.wire import (
+    CONTENT_TYPES,
+    ErrorCode,
+    Window,
+    WireError,
+    decode_window,
+    encode,
+    error_doc,
+)
+
+log = logging.getLogger("worker")
+
+REOPEN_MIN_S = 1.0
+REOPEN_MAX_S = 30.0
+STOP_DRAIN_S = 10.0
+
+
+@dataclass(slots=True)
+class Job:
+    sensor_id: str
+    window: Window
+    received: float
+    mid: int
+    qos: int
+    reply_to: str | None
+    correlation: bytes | None
+
+
+class _AckWhenAnswered:
+    """Acknowledges a QoS 1 window once the broker has every answer to it."""
+
+    __slots__ = ("link", "mid", "tokens")
+
+    def __init__(self, link: MqttLink, mid: int, answers: int) -> None:
+        self.link, self.mid = link, mid
+        # Callbacks come from paho's thread and, for early acks, from the publisher: a list
+        # pop is atomic, and exactly one caller pops the last token (True) and acks.
+        self.tokens = [True] + [False] * (answers - 1)
+
+    def __call__(self) -> None:
+        if self.tokens.pop():
+            self.link.ack(self.mid, 1)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        primary: Backend,
+        fallback: Backend | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.primary = primary
+        self.fallback = fallback
+        self.active: Backend | None = primary
+        self.metrics = metrics or WorkerMetrics()
+        self.queue: BatchQueue[Job] = BatchQueue(settings.queue_max)
+        self.status = Status(
+            worker_id=settings.worker_id,
+            mode=primary.mode,
+            model=primary.model_id,
+            hef_sha256=_str_or_none(primary.info().get("hef_sha256")),
+        )
+        self.encoding = settings.result_encoding
+        content_type = CONTENT_TYPES[self.encoding]
+        self._content_type = content_type
+        self._answer_props = properties(content_type=content_type)
+        self._status_props = properties(content_type="application/json")
+        self._accepting = threading.Event()
+        self._stop = threading.Event()
+        self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
+        self._reopen_at = 0.0
+        self._reopen_delay = REOPEN_MIN_S
+        self._status_lock = threading.Lock()
+        self.link = MqttLink(
+            settings,
+            client_id=settings.worker_id,
+            subscriptions=[(settings.window_topic, 1)],
+            on_message=self._on_message,
+            clean_start=False,
+            session_expiry_s=settings.session_expiry_s or 0,
+            will=(settings.status_topic, will_payload(settings.worker_id)),
+            manual_ack=True,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+        )
+        self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        """Serve until `stop` is set, then drain, publish `stopped` and disconnect. Returns 0."""
+        self.metrics.serve(self.settings.metrics_port)
+        self._accepting.set()
+        self.link.start()  # the status says `starting` until the warm-up is done
+        self._warm_up()
+        self._batcher.start()
+        if not self.primary.available:
+            self._device_down(self.primary, "the device could not be opened at start")
+        else:
+            self._set_state("online")
+            self.metrics.device_up.set(1)
+        # Start-up garbage is long-lived: freezing it keeps full collections short.
+        gc.collect()
+        gc.freeze()
+        log.info(
+            "serving %s as %s (mode %s, model %s)",
+            self.settings.window_topic, self.settings.worker_id, self.status.mode,
+            self.status.model,
+        )
+        while not stop.wait(self.settings.status_interval_s):
+            self._refresh_device_facts()
+            self.publish_status()
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        log.info("stopping: answering %d queued windows", len(self.queue))
+        if self.settings.shared_group:
+            # The group's session dies with us: let the other members take new windows now.
+            self.link.client.unsubscribe(self.settings.window_topic)
+        self._accepting.clear()  # later arrivals stay unacknowledged: the broker redelivers them
+        self.queue.close()
+        self._batcher.join(STOP_DRAIN_S)
+        if not self.link.wait_all_acked(STOP_DRAIN_S / 2):
+            log.warning("some answers were not acknowledged by the broker before stopping")
+        self._set_state("stopped")
+        self.link.wait_all_acked(2.0)
+        self.link.stop()
+        self._device.shutdown(wait=False)
+        for backend in (self.primary, self.fallback):
+            if backend is not None:
+                backend.close()
+        log.info("stopped")
+
+    def _warm_up(self) -> None:
+        """Run one window through the backend, so the first real one is not slow."""
+        if not self.primary.available:
+            return
+        x = np.zeros((1, self.settings.window_length, self.settings.channels), np.float32)
+        try:
+            self.primary.infer(x)
+        except InferenceError as exc:
+            log.warning("warm-up failed: %s", exc)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def publish_status(self) -> None:
+        with self._status_lock:
+            doc = self.status.document(queue_depth=len(self.queue))
+            self.link.publish(
+                self.settings.status_topic, json.dumps(doc).encode(), qos=1, retain=True,
+                props=self._status_props,
+            )
+
+    def _set_state(self, state: State, **changes: Any) -> None:
+        if self.status.set(state, **changes):
+            log.info("state %s%s", state, f": {changes['detail']}" if changes.get("detail") else "")
+            self.publish_status()
+
+    def _on_connected(self) -> None:
+        self.metrics.connected.set(1)
+        # A restarted broker may have lost the retained status: say it again on every connect.
+        self.publish_status()
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.metrics.connected.set(0)
+
+    def _refresh_device_facts(self) -> None:
+        temperature = self.primary.info().get("temperature_c") if self.primary.available else None
+        if isinstance(temperature, int | float):
+            self.status.extra["temperature_c"] = round(float(temperature), 1)
+            self.metrics.temperature.set(temperature)
+
+    # -- receiving (paho's network thread) ---------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting.is_set():
+            return
+        received = time.monotonic()
+        try:
+            self._receive(msg, received)
+        except Exception:  # nothing a sensor sends may take the network thread down
+            log.exception("unexpected failure on a window from %s", msg.topic)
+
+    def _receive(self, msg: mqtt.MQTTMessage, received: float) -> None:
+        self.metrics.windows.inc()
+        self.status.count(windows=1)
+        sensor_id = msg.topic.split("/", 2)[1]
+        props = getattr(msg, "properties", None)
+        reply_to = getattr(props, "ResponseTopic", None)
+        if reply_to is not None and not reply_to.startswith(self.settings.response_topic_prefix):
+            reply_to = None
+        job = Job(sensor_id, _EMPTY, received, msg.mid, msg.qos, reply_to,
+                  getattr(props, "CorrelationData", None))
+        payload = msg.payload
+        if len(payload) > self.settings.max_payload_bytes:
+            self._error(job, "too_large",
+                        f"The window is {len(payload)} bytes; the limit is "
+                        f"{self.settings.max_payload_bytes} (MAX_PAYLOAD_BYTES).")
+            return
+        try:
+            job.window = decode_window(
+                bytes(payload), self.settings.window_length, self.settings.channels
+            )
+        except WireError as exc:
+            job.window = Window(_EMPTY.x, exc.seq)
+            self._error(job, exc.code, exc.detail)
+            return
+        dropped = self.queue.put(job)
+        if dropped is not None:
+            self._error(dropped, "overloaded",
+                        f"The worker's queue is full (QUEUE_MAX={self.settings.queue_max}); "
+                        "this window waited longest and was dropped.")
+        self.metrics.queue_depth.set(len(self.queue))
+
+    # -- batching and inference (the batch thread) -------------------------------------------
+
+    def _batch_loop(self) -> None:
+        wait_s = self.settings.batch_max_wait_ms / 1000
+        while True:
+            jobs = self.queue.get_batch(self.settings.batch_max_size, wait_s)
+            self.metrics.queue_depth.set(len(self.queue))
+            if self.active is not self.primary:
+                self._maybe_reopen()
+            if jobs:
+                try:
+                    self._run_batch(jobs)
+                except Exception:  # a bug here must not silence the worker
+                    log.exception("batch of %d failed unexpectedly", len(jobs))
+                    for job in jobs:
+                        self._error(job, "inference_failed", "The worker failed on this batch.")
+            elif self.queue.closed:
+                return
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        backend = self.active
+        if backend is None:
+            for job in jobs:
+                self._error(job, "inference_failed",
+                            f"The device is down and no fallback is set: {self.status.detail}")
+            return
+        x = np.stack([job.window.x for job in jobs])
+        started = time.monotonic()
+        try:
+            latent, motifs = self._call(backend, x)
+        except InferenceError as exc:
+            log.warning("%s backend failed a batch of %d: %s", backend.mode, len(jobs), exc)
+            for job in jobs:
+                self._error(job, "inference_failed", f"Inference failed: {exc}")
+            if exc.device_lost and backend is self.primary:
+                self._device_down(backend, str(exc))
+            return
+        self.metrics.inference_seconds.observe(time.monotonic() - started)
+        self.metrics.batch_size.observe(len(jobs))
+        n = len(jobs)
+        latents, scores = latent.tolist(), motifs.tolist()
+        for i, job in enumerate(jobs):
+            doc: dict[str, Any] = {"sensor_id": job.sensor_id}
+            if job.window.seq is not None:
+                doc["seq"] = job.window.seq
+            if job.window.ts is not None:
+                doc["ts"] = job.window.ts
+            doc["latent"] = latents[i]
+            doc["motif_scores"] = scores[i]
+            doc["model"] = backend.model_id
+            doc["worker_id"] = self.settings.worker_id
+            doc["batch_size"] = n
+            self._answer(job, "result", doc)
+        self.metrics.results.inc(n)
+
+    def _call(self, backend: Backend, x: Floats) -> tuple[Floats, Floats]:
+        """Run the backend on the device thread, bounded by DEVICE_TIMEOUT_MS (the watchdog)."""
+        future = self._device.submit(backend.infer, x)
+        timeout = self.settings.device_timeout_ms / 1000 * 2 + 1
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # The device thread is stuck inside the backend: abandon it, use a fresh one.
+            self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
+            raise InferenceError(
+                f"the {backend.mode} backend did not return within {timeout:.1f} s",
+                device_lost=True,
+            ) from None
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _device_down(self, backend: Backend, reason: str) -> None:
+        self.active = self.fallback
+        self.metrics.device_up.set(0)
+        self._reopen_delay = REOPEN_MIN_S
+        self._reopen_at = time.monotonic() + self._reopen_delay
+        serving = self.fallback or backend
+        how = f"; {self.fallback.mode} answers meanwhile" if self.fallback else ""
+        self._set_state("degraded", mode=serving.mode, model=serving.model_id,
+                        detail=f"{backend.mode} unavailable ({reason}){how}")
+
+    def _maybe_reopen(self) -> None:
+        if time.monotonic() < self._reopen_at:
+            return
+        future = self._device.submit(self.primary.reopen)
+        try:
+            future.result(self.settings.device_timeout_ms / 1000 * 2 + 5)
+        except Exception as exc:
+            self._reopen_delay = min(self._reopen_delay * 2, REOPEN_MAX_S)
+            self._reopen_at = time.monotonic() + self._reopen_delay
+            log.info("%s still unavailable (%s); next try in %.0f s",
+                     self.primary.mode, exc, self._reopen_delay)
+            return
+        self.active = self.primary
+        self.metrics.device_up.set(1)
+        log.info("%s is back", self.primary.mode)
+        self._set_state("online", mode=self.primary.mode, model=self.primary.model_id)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _error(self, job: Job, code: ErrorCode, detail: str) -> None:
+        self.metrics.errors.labels(code).inc()
+        self.status.count(errors=1)
+        self._answer(job, "error", error_doc(job.sensor_id, code, detail, job.window.seq))
+
+    def _answer(self, job: Job, kind: str, doc: dict[str, Any]) -> None:
+        """Publish to infer/<sensor>/<kind> (and the reply topic); ack the window after."""
+        if kind == "result":
+            elapsed = time.monotonic() - job.received
+            doc["latency_ms"] = round(elapsed * 1000, 3)
+            self.metrics.latency_seconds.observe(elapsed)
+        payload = encode(doc, self.encoding)
+        topics = [(f"infer/{job.sensor_id}/{kind}", self._answer_props)]
+        if job.reply_to is not None:
+            topics.append((job.reply_to, properties(self._content_type,
+                                                    correlation_data=job.correlation)))
+        on_acked = _AckWhenAnswered(self.link, job.mid, len(topics)) if job.qos else None
+        for topic, props in topics:
+            try:
+                sent = self.link.publish(topic, payload, qos=1, props=props, on_acked=on_acked)
+            except ValueError as exc:  # a reply topic with wildcards, say
+                log.warning("cannot answer on %r: %s", topic, exc)
+                sent = False
+            if not sent and on_acked is not None:
+                on_acked()  # nothing will come back for it; don't hold the window forever
+
+
+_EMPTY = Window(np.zeros((0, 0), np.float32))
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def build(settings: WorkerSettings) -> Worker:
+    """The backends the settings ask for, and a worker around them (ConfigError if wrong)."""
+    primary = backends.create(settings.infer_mode, settings)
+    fallback = None
+    if settings.infer_mode == "hailo" and settings.hailo_fallback != "none":
+        fallback = backends.create(settings.hailo_fallback, settings)
+    return Worker(settings, primary, fallback)

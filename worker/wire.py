@@ -1,0 +1,177 @@
+"""The wire format: windows in (msgpack or JSON), results and errors out (msgpack or JSON).
+
+A window is a map with `x` (WINDOW_LENGTH rows of CHANNELS numbers, as a list of lists or as
+msgpack bin of little-endian float32 with `shape` and `dtype`), and optional `seq` and `ts`.
+Every way a payload can be wrong maps to one error code (CONTRACT.md, "Error").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+from worker.backends.base import Floats
+
+ErrorCode = Literal[
+    "decode_error",
+    "invalid_shape",
+    "invalid_dtype",
+    "non_finite",
+    "too_large",
+    "overloaded",
+    "inference_failed",
+]
+Encoding = Literal["msgpack", "json"]
+
+CONTENT_TYPES: dict[str, str] = {"msgpack": "application/msgpack", "json": "application/json"}
+BIN_DTYPE = "<f4"
+_JSON_START = frozenset(b"{ \t\r\n")
+_F4 = np.dtype("<f4")
+
+
+class WireError(Exception):
+    """A window that cannot be served; `code` and `detail` go into its error answer."""
+
+    def __init__(self, code: ErrorCode, detail: str, seq: int | None = None) -> None:
+        super().__init__(detail)
+        self.code: ErrorCode = code
+        self.detail = detail
+        self.seq = seq
+
+
+@dataclass(slots=True)
+class Window:
+    x: Floats
+    """float32 `[WINDOW_LENGTH, CHANNELS]`."""
+    seq: int | None = None
+    ts: float | None = None
+
+
+def _parse(payload: bytes) -> Any:
+    try:
+        if payload[:1] and payload[0] in _JSON_START:
+            return json.loads(payload)
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except RecursionError:
+        raise WireError("decode_error", "The window is nested too deeply to decode.") from None
+    except Exception as exc:  # msgpack and json raise several types for garbage
+        kind = "JSON" if payload[:1] and payload[0] in _JSON_START else "msgpack"
+        raise WireError("decode_error", f"The payload is not a valid {kind} map ({exc}).") from None
+
+
+def _optional_fields(doc: dict[Any, Any]) -> tuple[int | None, float | None]:
+    seq = doc.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise WireError("decode_error", "`seq` must be an integer.")
+    ts = doc.get("ts")
+    if ts is not None:
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise WireError("decode_error", "`ts` must be a finite number of seconds.", seq)
+        ts = float(ts)
+    return seq, ts
+
+
+def _from_bin(doc: dict[Any, Any], x: bytes, length: int, channels: int, seq: int | None) -> Floats:
+    if doc.get("dtype") != BIN_DTYPE:
+        raise WireError(
+            "invalid_dtype",
+            f"A bin `x` needs `dtype` \"{BIN_DTYPE}\", got {doc.get('dtype')!r}.",
+            seq,
+        )
+    shape = doc.get("shape")
+    if not isinstance(shape, list | tuple) or list(shape) != [length, channels]:
+        raise WireError(
+            "invalid_shape", f"`shape` must be [{length}, {channels}], got {shape!r}.", seq
+        )
+    if len(x) != length * channels * 4:
+        raise WireError(
+            "invalid_shape",
+            f"A bin `x` of shape [{length}, {channels}] needs {length * channels * 4} bytes, "
+            f"got {len(x)}.",
+            seq,
+        )
+    return np.frombuffer(x, dtype=_F4).reshape(length, channels)
+
+
+def _from_lists(x: list[Any], length: int, channels: int, seq: int | None) -> Floats:
+    if len(x) != length or not all(isinstance(row, list) and len(row) == channels for row in x):
+        raise WireError(
+            "invalid_shape", f"`x` must be {length} rows of {channels} numbers.", seq
+        )
+    try:
+        arr = np.array(x)
+    except (ValueError, TypeError, OverflowError):
+        raise WireError("invalid_dtype", "`x` must hold only numbers.", seq) from None
+    if arr.dtype.kind not in "iuf" or arr.shape != (length, channels):
+        raise WireError("invalid_dtype", "`x` must hold only numbers.", seq)
+    with np.errstate(over="ignore"):
+        return arr.astype(np.float32)
+
+
+def decode_window(payload: bytes, length: int, channels: int) -> Window:
+    """Decode and validate one window. Raises WireError with the code that fits."""
+    doc = _parse(payload)
+    if not isinstance(doc, dict):
+        raise WireError("decode_error", f"A window must be a map, got {type(doc).__name__}.")
+    seq, ts = _optional_fields(doc)
+    if "x" not in doc:
+        raise WireError("decode_error", "The window has no `x`.", seq)
+    x = doc["x"]
+    if isinstance(x, bytes | bytearray):
+        arr = _from_bin(doc, bytes(x), length, channels, seq)
+    elif isinstance(x, list):
+        arr = _from_lists(x, length, channels, seq)
+    else:
+        raise WireError(
+            "invalid_shape",
+            f"`x` must be a list of {length} rows or float32 bytes, got {type(x).__name__}.",
+            seq,
+        )
+    if not np.isfinite(arr).all():
+        raise WireError(
+            "non_finite", "`x` holds NaN or infinity (or a number too big for float32).", seq
+        )
+    return Window(arr, seq, ts)
+
+
+def encode_window(x: Floats, *, seq: int | None = None, ts: float | None = None,
+                  compact: bool = True) -> bytes:
+    """A window as msgpack: the compact bin form, or a list of lists (sensors, tests)."""
+    doc: dict[str, Any]
+    if compact:
+        arr = np.ascontiguousarray(x, dtype=_F4)
+        doc = {"x": arr.tobytes(), "shape": list(arr.shape), "dtype": BIN_DTYPE}
+    else:
+        doc = {"x": np.asarray(x, dtype=np.float32).tolist()}
+    if seq is not None:
+        doc["seq"] = seq
+    if ts is not None:
+        doc["ts"] = ts
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
+    """A result, error or reply payload in RESULT_ENCODING."""
+    if encoding == "json":
+        return json.dumps(doc, separators=(",", ":")).encode()
+    # Doubles, not use_single_float: `ts` is epoch seconds and float32 would blur it by minutes.
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode(payload: bytes) -> Any:
+    """Read back a result or error, whichever encoding it came in (bridge, tools, tests)."""
+    if payload[:1] and payload[0] in _JSON_START:
+        return json.loads(payload)
+    return msgpack.unpackb(payload, raw=False)
+
+
+def error_doc(sensor_id: str, code: ErrorCode, detail: str, seq: int | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"sensor_id": sensor_id, "error": code, "detail": detail}
+    if seq is not None:
+        doc["seq"] = seq
+    return doc
