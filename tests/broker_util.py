@@ -31,20 +31,21 @@ def free_port() -> int:
 
 
 def rewrite_config(
-    text: str, substitutions: Mapping[str, str] | None = None
+    text: str, substitutions: Mapping[str, str] | None = None, ports: dict[int, int] | None = None
 ) -> tuple[str, dict[int, int]]:
-    """Return the config for loopback use and the map {port in the text: port now used}."""
+    """Return the text for loopback use and the map {port in the text: port now used}.
+
+    ``ports`` collects the listeners of several files (a main config and its includes).
+    """
+    ports = {} if ports is None else ports
     for old, new in (substitutions or {}).items():
         text = text.replace(old, new)
-    ports: dict[int, int] = {}
 
     def loopback(match: re.Match[str]) -> str:
         ports[int(match.group(1))] = port = free_port()
         return f"listener {port} 127.0.0.1"
 
-    text = _LISTENER.sub(loopback, text)
-    text = _USER.sub("", text)
-    return f"user root\n{text}", ports
+    return _USER.sub("", _LISTENER.sub(loopback, text)), ports
 
 
 @dataclass
@@ -122,19 +123,25 @@ def start_broker(
     workdir: Path,
     *,
     substitutions: Mapping[str, str] | None = None,
+    conf_d: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Broker:
     """Write ``config_text`` (rewritten for loopback) to ``workdir`` and start Mosquitto on it.
 
-    ``command`` replaces ``mosquitto -c <config>``; it gets the config path as ``MOSQUITTO_CONF``.
+    ``conf_d`` files go, rewritten the same way, to ``workdir/conf.d`` (their listeners are
+    waited for too). ``command`` replaces ``mosquitto -c <config>``; it gets the config path
+    as ``MOSQUITTO_CONF``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     text, ports = rewrite_config(config_text, substitutions)
+    for name, extra in (conf_d or {}).items():
+        (workdir / "conf.d").mkdir(exist_ok=True)
+        (workdir / "conf.d" / name).write_text(rewrite_config(extra, substitutions, ports)[0])
     if not ports:
         raise ValueError("the config has no listener line")
     config_path = workdir / "mosquitto.conf"
-    config_path.write_text(text)
+    config_path.write_text(f"user root\n{text}")
     full_env = {**os.environ, **(env or {}), "MOSQUITTO_CONF": str(config_path)}
     broker = Broker(
         config_path=config_path,

@@ -194,6 +194,19 @@ def test_an_onnxruntime_failure_is_an_inference_error(tmp_path: Path) -> None:
     assert b.infer(windows(7))[1].shape == (7, 12)  # one bad batch does not break it
 
 
+def test_a_model_whose_output_breaks_its_declared_shape_fails_the_batch(tmp_path: Path) -> None:
+    def double_latent_rows(m: onnx.ModelProto) -> None:
+        for node in m.graph.node:
+            node.output[:] = ["latent_once" if o == "latent" else o for o in node.output]
+        # Shape inference cannot size a Concat of symbolic dims, so the declared [batch, 64] stands.
+        m.graph.node.append(
+            helper.make_node("Concat", ["latent_once", "latent_once"], ["latent"], axis=0))
+
+    b = CpuBackend(settings(onnx_path=variant(tmp_path, double_latent_rows)))
+    with pytest.raises(InferenceError, match=r"output latent has shape \(4, 64\), expected 2 rows"):
+        b.infer(windows(2))
+
+
 def test_an_unloadable_file_is_an_onnx_path_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")

@@ -99,7 +99,11 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
-        client.enable_logger(logging.getLogger("paho"))
+        self._stopping = False
+        paho_log = logging.getLogger(f"paho.{client_id}")
+        # paho's loop logs "Client is not connected" when it races a clean disconnect.
+        paho_log.addFilter(lambda record: not self._stopping)
+        client.enable_logger(paho_log)
         # paho's send queue is rescanned on every ack: a bounded in-flight window keeps it cheap,
         # while a larger queue lets bursts wait in paho rather than fail.
         client.max_inflight_messages_set(200)
@@ -142,6 +146,7 @@ class MqttLink:
 
     def stop(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread."""
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()

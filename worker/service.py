@@ -234,7 +234,7 @@ class Worker:
             return
         try:
             job.window = decode_window(
-                bytes(payload), self.settings.window_length, self.settings.channels
+                payload, self.settings.window_length, self.settings.channels
             )
         except WireError as exc:
             job.window = Window(_EMPTY.x, exc.seq)

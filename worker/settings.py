@@ -154,3 +154,31 @@ def masked(settings: BaseSettings) -> dict[str, object]:
             value = str(value)
         out[name.upper()] = value
     return out
+
+
+class BridgeSettings(CommonSettings):
+    """The HTTP bridge's settings (CONTRACT.md, "HTTP bridge")."""
+
+    bridge_host: str = Field("0.0.0.0", description="Listen address.")
+    bridge_port: int = Field(9000, ge=1, le=65535, description="Listen port.")
+    bridge_token: SecretStr | None = Field(
+        None, description="When set, /infer needs `Authorization: Bearer <token>`."
+    )
+    bridge_timeout_ms: int = Field(2000, ge=1, le=600_000, description="Wait for a worker.")
+    bridge_max_body_bytes: int = Field(
+        262_144, ge=1024, le=64 * 1024 * 1024, description="Larger /infer bodies get 413."
+    )
+    bridge_client_id: str | None = Field(
+        None, description="MQTT client id; default bridge-<host>-<random>, unique per process."
+    )
+    status_interval_s: float = Field(
+        10.0, gt=0, le=86_400, description="Workers' STATUS_INTERVAL_S: fresh = 3x this."
+    )
+    window_length: int = Field(100, ge=1, le=100_000)
+    channels: int = Field(9, ge=1, le=1024)
+    latent_dim: int = Field(64, ge=1, le=65536)
+    num_motifs: int = Field(12, ge=1, le=4096)
+
+
+class SimSettings(CommonSettings):
+    """`hailo-sim`: MQTT settings come from the environment; the rest are flags."""

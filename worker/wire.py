@@ -52,7 +52,7 @@ class Window:
     ts: float | None = None
 
 
-def _parse(payload: bytes) -> Any:
+def _parse(payload: bytes | bytearray) -> Any:
     try:
         if payload[:1] and payload[0] in _JSON_START:
             return json.loads(payload)
@@ -113,7 +113,7 @@ def _from_lists(x: list[Any], length: int, channels: int, seq: int | None) -> Fl
         return arr.astype(np.float32)
 
 
-def decode_window(payload: bytes, length: int, channels: int) -> Window:
+def decode_window(payload: bytes | bytearray, length: int, channels: int) -> Window:
     """Decode and validate one window. Raises WireError with the code that fits."""
     doc = _parse(payload)
     if not isinstance(doc, dict):
@@ -163,7 +163,7 @@ def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
     return msgpack.packb(doc, use_bin_type=True)
 
 
-def decode(payload: bytes) -> Any:
+def decode(payload: bytes | bytearray) -> Any:
     """Read back a result or error, whichever encoding it came in (bridge, tools, tests)."""
     if payload[:1] and payload[0] in _JSON_START:
         return json.loads(payload)

@@ -20,9 +20,9 @@ from worker.settings import ConfigError, WorkerSettings
 
 LATENT_NAME = "latent"
 MOTIFS_NAME = "motif_scores"
-# Measured on a 2-core x86 host (bench/bench_cpu.py): one thread beat two at batch 1, 8 and 32,
-# in windows/s and by 2-3x in CPU per window (a second thread mostly spins), and it leaves the
-# other core to the MQTT loop.
+# Measured on a 2-core x86 host (bench/bench_cpu.py): one thread costs 26-50 us of CPU a window,
+# two cost 2-2.5x that (the pool spins); two were faster only at batch >= 8 on an idle host, and
+# slower whenever the other core was busy, as it is with the MQTT loop beside it.
 INTRA_OP_THREADS = 1
 _FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,

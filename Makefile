@@ -1,0 +1,47 @@
+# The two commands a new machine needs: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help install system-deps run test lint smoke bench soak clean
+
+help:
+	@echo "make run    - local broker + worker (cpu model) + HTTP bridge + simulated sensors"
+	@echo "make test   - the whole test suite against real Mosquitto and real processes"
+	@echo "make lint   - ruff and mypy"
+	@echo "make smoke  - the seed's smoke tests against a running stack (BRIDGE_URL, MQTT_PORT)"
+	@echo "make bench  - benchmarks (see bench/README.md)"
+	@echo "make soak   - long reliability run (SOAK_SECONDS, default 600)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@scripts/install_system_deps.sh
+
+run: install system-deps
+	BIN=$(BIN) scripts/run_local.sh
+
+test: install system-deps
+	$(BIN)/python -m pytest -q -m "not soak"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+smoke:
+	scripts/smoke.sh
+
+bench: install system-deps
+	$(BIN)/python bench/bench_cpu.py
+
+soak: install system-deps
+	$(BIN)/python -m pytest -q -m soak -s
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
