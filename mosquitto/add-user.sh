@@ -175,7 +175,7 @@ set_role() {
 }
 
 reload_hint() {
-    echo "Reload the broker to apply: kill -HUP <mosquitto pid>" \
+    echo "Send the broker SIGHUP to apply: kill -HUP <mosquitto pid>" \
         "(Docker: docker kill -s HUP <container>)."
 }
 

@@ -46,11 +46,35 @@ class DevBroker:
             self.proc.wait(10)
 
 
+class ContainerBroker(DevBroker):
+    """The same configuration in a Mosquitto container (MQTT_TEST_BROKER=container).
+
+    Uses testcontainers with host networking, so the broker still listens on loopback only;
+    MQTT_TEST_IMAGE names the image (default eclipse-mosquitto:2, or one built locally).
+    """
+
+    def start(self) -> None:
+        from testcontainers.core.container import DockerContainer
+
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+        image = os.environ.get("MQTT_TEST_IMAGE", "eclipse-mosquitto:2")
+        self.container = (
+            DockerContainer(image)
+            .with_kwargs(network_mode="host")
+            .with_volume_mapping(str(self.workdir), "/mosquitto/config", "rw")
+            .with_command("mosquitto -c /mosquitto/config/mosquitto.conf")
+        )
+        self.container.start()
+        wait_until(self._accepts, 30, "the Mosquitto container to listen")
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[DevBroker]:
-    if os.environ.get("MQTT_TEST_BROKER") == "container":
-        pytest.skip("container brokers are set up by tests/test_container_broker.py")
-    b = DevBroker(tmp_path)
+    kind = ContainerBroker if os.environ.get("MQTT_TEST_BROKER") == "container" else DevBroker
+    b = kind(tmp_path)
     yield b
     b.stop()
 

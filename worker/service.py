@@ -284,6 +284,11 @@ class Worker:
             if exc.device_lost and backend is self.primary:
                 self._device_down(backend, str(exc))
             return
+        if not (np.isfinite(latent).all() and np.isfinite(motifs).all()):
+            # A model that yields NaN is broken for these inputs: say so rather than publish it.
+            for job in jobs:
+                self._error(job, "inference_failed", "The model produced NaN or infinity.")
+            return
         self.metrics.inference_seconds.observe(time.monotonic() - started)
         self.metrics.batch_size.observe(len(jobs))
         n = len(jobs)

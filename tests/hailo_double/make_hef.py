@@ -27,7 +27,10 @@ REPO = _HERE.parent.parent
 REFERENCE_ONNX = REPO / "artifacts" / "tcn_encoder-v0.1.0.onnx"
 
 
-def _onnx_io(onnx_path: Path) -> tuple[tuple[str, tuple[int, ...]], list[tuple[str, tuple[int, ...]]]]:
+Shape = tuple[int, ...]
+
+
+def _onnx_io(onnx_path: Path) -> tuple[tuple[str, Shape], list[tuple[str, Shape]]]:
     import onnx
 
     model = onnx.load(str(onnx_path))

@@ -47,6 +47,7 @@ def _shape(dims: list[Any]) -> list[int | str]:
 
 class CpuBackend:
     mode = "cpu"
+    available = True
 
     def __init__(self, settings: WorkerSettings, *, threads: int = INTRA_OP_THREADS) -> None:
         self._ort = _import_ort()

@@ -147,7 +147,7 @@ class Chip:
         x = np.stack([f.inputs[self._in.name] for f in job.frames])
         x = np.ascontiguousarray(x.reshape((n, *self._onnx_tail)), dtype=np.float32)
         results: list[Any] = self.session.run(self._onnx_outputs, {self._in.onnx_name: x})
-        by_stream = {s.name: r for s, r in zip(self.spec.outputs, results)}
+        by_stream = {s.name: r for s, r in zip(self.spec.outputs, results, strict=True)}
         for i, frame in enumerate(job.frames):
             for out in frame.outputs:
                 out.aligned[...] = np.asarray(by_stream[out.stream][i]).reshape(out.aligned.shape)

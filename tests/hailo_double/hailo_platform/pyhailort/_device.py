@@ -52,7 +52,8 @@ class ChipHandle:
             except BlockingIOError:
                 os.close(fd)
                 record("vdevice_open_failed", reason="busy")
-                raise status_error("HAILO_OUT_OF_PHYSICAL_DEVICES", "device held elsewhere") from None
+                raise status_error("HAILO_OUT_OF_PHYSICAL_DEVICES",
+                                   "device held elsewhere") from None
             self._fd = fd
 
     def ref(self) -> None:
@@ -122,7 +123,8 @@ class VDevice:
             raise HailoRTException(
                 "InferModel can be created only from the process VDevice was created in.")
         if self._vdevice is None:
-            raise AttributeError("'NoneType' object has no attribute 'create_infer_model_from_file'")
+            raise AttributeError(
+                "'NoneType' object has no attribute 'create_infer_model_from_file'")
         if not isinstance(hef_source, (str, bytes)):
             raise TypeError("create_infer_model_from_file(): incompatible function arguments "
                             f"(got {type(hef_source).__name__}; pass str or bytes)")

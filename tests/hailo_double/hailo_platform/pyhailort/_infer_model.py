@@ -66,7 +66,9 @@ class _StreamState:
         self.format = HailoFormat(FormatType[spec.type], FormatOrder[spec.order])
 
     def frame_size(self) -> int:
-        kind = self.format.type if self.format.type != FormatType.AUTO else FormatType[self.spec.type]
+        kind = self.format.type
+        if kind == FormatType.AUTO:
+            kind = FormatType[self.spec.type]
         return math.prod(self.spec.shape) * FORMAT_BYTES[kind]
 
 
@@ -90,7 +92,7 @@ class InferModel:
             f = self._state.format
             return HailoFormat(f.type, f.order, f.flags)
 
-        def set_format_type(self, type: FormatType) -> None:  # noqa: A002  (HailoRT's name)
+        def set_format_type(self, type: FormatType) -> None:  # HailoRT's parameter name
             self._state.format.type = FormatType(type)
 
         def set_format_order(self, order: FormatOrder) -> None:
@@ -157,8 +159,9 @@ class InferModel:
         faults = control.faults()
         if faults.device_lost:
             raise lost_error(faults.device_lost)
+        streams = {**self._inputs, **self._outputs}
         record("configure", batch_size=self._batch_size,
-               formats={n: s.format.type.name for n, s in {**self._inputs, **self._outputs}.items()})
+               formats={n: s.format.type.name for n, s in streams.items()})
         return ConfiguredInferModel(self)
 
 

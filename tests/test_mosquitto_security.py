@@ -1,0 +1,687 @@
+"""The production broker configuration in mosquitto/: users, roles, ACL, TLS, WebSocket, persistence.
+
+Mosquitto runs with exactly the repo's files: mosquitto.conf and conf.d/tls.conf.in, started by
+start.sh; passwd, roles and acl made by add-user.sh. Only ports (free loopback ones) and paths
+(tmp dirs) are rewritten. Each rule is checked with paho-mqtt v5 clients over real sockets, over
+plain TCP and over TLS (a throwaway CA from gen-test-certs.sh).
+
+A denied publish is dropped silently for QoS 0; for QoS 1, Mosquitto 2.0.11 answers a v5 client
+with PUBACK reason 0x87 (Not authorized). A SUBSCRIBE is always granted; read access is checked
+for each message delivered. So "never arrives" is proven with a marker: the observer collects
+messages until a permitted marker, published after the denied message was acknowledged, comes;
+Mosquitto handles packets in order, so a leaked message would be there before it.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import queue
+import secrets
+import select
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from broker_util import Broker, start_broker
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+    reason="needs Mosquitto (apt-get install mosquitto mosquitto-clients)",
+)
+
+MOSQ = Path(__file__).resolve().parent.parent / "mosquitto"
+ADD_USER = MOSQ / "add-user.sh"
+START = MOSQ / "start.sh"
+GEN_CERTS = MOSQ / "gen-test-certs.sh"
+SUCCESS, NO_SUBSCRIBERS, NOT_AUTHORIZED = 0x00, 0x10, 0x87
+MQTT_PORT, WS_PORT, TLS_PORT = 1883, 9001, 8883
+
+# Users the deployment gets through add-user.sh; s3 is only in the password file.
+ROLES = {
+    "worker": "worker",
+    "worker-pi1": "worker",
+    "bridge": "bridge",
+    "dashboard": "dashboard",
+    "s1": "sensor",
+    "s2": "sensor",
+}
+PASSWORDS = {name: secrets.token_urlsafe(12) for name in [*ROLES, "s3"]}
+
+
+# --- deployment and broker -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MOSQUITTO_PASSWD_FILE": str(self.config / "passwd")}
+
+
+def add_user(env: dict[str, str], name: str, role: str, password: str) -> None:
+    subprocess.run(
+        [str(ADD_USER), name, role], input=f"{password}\n", env=env, check=True,
+        capture_output=True, text=True,
+    )
+
+
+def make_deployment(root: Path) -> Deployment:
+    dep = Deployment(root)
+    dep.config.mkdir(parents=True)
+    for name, role in ROLES.items():
+        add_user(dep.env(), name, role, PASSWORDS[name])
+    subprocess.run(
+        ["mosquitto_passwd", str(dep.config / "passwd"), "s3"],
+        input=f"{PASSWORDS['s3']}\n{PASSWORDS['s3']}\n", check=True, capture_output=True,
+        text=True,
+    )
+    subprocess.run([str(GEN_CERTS), str(dep.certs)], check=True, capture_output=True)
+    return dep
+
+
+def run_broker(dep: Deployment, workdir: Path) -> Broker:
+    """The production config through start.sh, paths moved under ``dep.root``/``workdir``."""
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    return start_broker(
+        (MOSQ / "mosquitto.conf").read_text(),
+        workdir / "config",
+        substitutions={
+            "/mosquitto/config/passwd": str(dep.config / "passwd"),
+            "/mosquitto/config/acl": str(dep.config / "acl"),
+            "/mosquitto/data/": f"{workdir}/data/",
+            "/mosquitto/run/": f"{workdir}/run/",
+        },
+        conf_d={"tls.conf.in": (MOSQ / "conf.d" / "tls.conf.in").read_text()},
+        command=["sh", str(START)],
+        env={"MOSQUITTO_CERT_DIR": str(dep.certs)},
+    )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    return make_deployment(tmp_path_factory.mktemp("deployment"))
+
+
+@pytest.fixture(scope="module")
+def broker(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = run_broker(deployment, tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: str  # "tcp", "tls" or "ws"
+    port: int
+    ca: Path | None = None
+
+    def on(self, broker: Broker) -> Endpoint:
+        configured = {"tcp": MQTT_PORT, "tls": TLS_PORT, "ws": WS_PORT}[self.kind]
+        return replace(self, port=broker.port_for(configured))
+
+
+class Peer:
+    """A paho v5 client that records CONNACK, SUBACK and PUBACK reason codes and messages."""
+
+    def __init__(
+        self, ep: Endpoint, user: str | None, *, password: str | None = None,
+        client_id: str | None = None, session_expiry: int = 0, clean_start: bool = True,
+        protocol: int = mqtt.MQTTv5,
+    ) -> None:
+        self.ep, self.clean_start, self.session_expiry = ep, clean_start, session_expiry
+        self.client_id = client_id or f"t-{uuid.uuid4().hex[:10]}"
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
+            transport="websockets" if ep.kind == "ws" else "tcp",
+        )
+        if ep.ca is not None:
+            self.client.tls_set(ca_certs=str(ep.ca))
+        if user is not None:
+            self.client.username_pw_set(user, PASSWORDS.get(user) if password is None else password)
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.connacks: queue.Queue[tuple[int, bool, Any]] = queue.Queue()
+        self.subacks: dict[int, list[int]] = {}
+        self.pubacks: dict[int, int] = {}
+        self.disconnects: queue.Queue[int] = queue.Queue()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = lambda c, u, mid, rc, p: self.pubacks.__setitem__(mid, rc.value)
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc.value)
+
+    def _on_connect(self, c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connacks.put((rc.value, bool(flags.session_present), props))
+
+    def _on_subscribe(self, c: mqtt.Client, u: Any, mid: int, rcs: Any, p: Any) -> None:
+        self.subacks[mid] = [r.value for r in rcs]
+
+    def connect(self) -> int:
+        """Connect and return the CONNACK reason code (the client is closed on a refusal)."""
+        if self.client.protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry
+            self.client.connect(
+                "127.0.0.1", self.ep.port, clean_start=self.clean_start, properties=props
+            )
+        else:
+            self.client.connect("127.0.0.1", self.ep.port)
+        self.client.loop_start()
+        code, self.session_present, self.connack_props = self.connacks.get(timeout=5)
+        if code != SUCCESS:
+            self.close()
+        return code
+
+    def subscribe(self, *topics: str) -> list[int]:
+        _, mid = self.client.subscribe([(t, 1) for t in topics])
+        wait_for(lambda: mid in self.subacks, f"SUBACK for {topics}")
+        return self.subacks[mid]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Publish and return the PUBACK reason code (SUCCESS for QoS 0, which has none)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+        return self.pubacks.get(info.mid, SUCCESS) if qos else SUCCESS
+
+    def until(self, marker: bytes, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+        """Messages received up to and including the one whose payload is ``marker``."""
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while not got or got[-1][1] != marker:
+            try:
+                got.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"marker {marker!r} never came; got {got}") from None
+        return got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def marker() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+@pytest.fixture(scope="module", params=["tcp", "tls"])
+def ep(request: pytest.FixtureRequest, broker: Broker, deployment: Deployment) -> Endpoint:
+    ca = deployment.certs / "ca.crt" if request.param == "tls" else None
+    return Endpoint(request.param, 0, ca).on(broker)
+
+
+@pytest.fixture
+def connect(ep: Endpoint) -> Iterator[Callable[..., Peer]]:
+    """connect(user, **options) -> a connected Peer (closed after the test)."""
+    opened: list[Peer] = []
+
+    def make(user: str | None, *, at: Endpoint | None = None, **options: Any) -> Peer:
+        peer = Peer(at or ep, user, **options)
+        opened.append(peer)
+        code = peer.connect()
+        assert code == SUCCESS, f"{user} refused: {code:#x}"
+        return peer
+
+    yield make
+    for peer in opened:
+        peer.close()
+
+
+# --- authentication --------------------------------------------------------------------------
+
+
+def test_anonymous_and_bad_passwords_are_refused(ep: Endpoint) -> None:
+    assert Peer(ep, None).connect() == NOT_AUTHORIZED
+    # 2.0.11 answers a wrong password with 0x87 too, not 0x86 (bad user name or password).
+    assert Peer(ep, "s1", password="not-the-password").connect() == NOT_AUTHORIZED
+    assert Peer(ep, "nobody", password="x").connect() == NOT_AUTHORIZED
+
+
+def test_websocket_listener_serves_dashboards(
+    broker: Broker, connect: Callable[..., Peer]
+) -> None:
+    ws = Endpoint("ws", 0).on(broker)
+    assert Peer(ws, None).connect() == NOT_AUTHORIZED
+    dashboard = connect("dashboard", at=ws)
+    dashboard.subscribe("infer/+/result")
+    done = marker()
+    assert connect("worker").publish("infer/s1/result", done) == SUCCESS
+    assert dashboard.until(done) == [("infer/s1/result", done)]
+
+
+# --- sensors ---------------------------------------------------------------------------------
+
+
+def test_sensor_publishes_only_its_own_windows(connect: Callable[..., Peer]) -> None:
+    worker = connect("worker")
+    worker.subscribe("imu/+/window")
+    s1 = connect("s1")
+    assert s1.publish("imu/s2/window", b"forged") == NOT_AUTHORIZED
+    assert s1.publish("imu/s2/window", b"forged-qos0", qos=0) == SUCCESS  # dropped silently
+    assert s1.publish("imu/bridge/window", b"forged") == NOT_AUTHORIZED
+    done = marker()
+    assert s1.publish("imu/s1/window", done) == SUCCESS
+    assert worker.until(done) == [("imu/s1/window", done)]
+
+
+def test_sensor_cannot_forge_answers_or_statuses(connect: Callable[..., Peer]) -> None:
+    dashboard = connect("dashboard")
+    dashboard.subscribe("infer/+/result", "infer/+/error", "hailo/+/status")
+    s1 = connect("s1")
+    for topic in ("infer/s1/result", "infer/s2/error", "hailo/worker/status"):
+        assert s1.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+    done = marker()
+    connect("worker").publish("infer/s1/result", done)
+    assert dashboard.until(done) == [("infer/s1/result", done)]
+
+
+def test_sensor_reads_only_its_own_results_and_errors(connect: Callable[..., Peer]) -> None:
+    s1 = connect("s1")
+    # Mosquitto 2.0 grants every subscription; what the ACL withholds is each delivery.
+    assert s1.subscribe("infer/+/result", "infer/+/error", "hailo/+/status", "imu/+/window") == [
+        1, 1, 1, 1,
+    ]
+    worker = connect("worker")
+    for topic in ("infer/s2/result", "infer/s2/error", "hailo/w9/status"):
+        assert worker.publish(topic, b"not for s1") == SUCCESS
+    assert connect("s2").publish("imu/s2/window", b"not for s1") == SUCCESS
+    error, done = marker(), marker()
+    worker.publish("infer/s1/error", error)
+    worker.publish("infer/s1/result", done)
+    assert s1.until(done) == [("infer/s1/error", error), ("infer/s1/result", done)]
+
+
+def test_a_user_missing_from_the_roles_file_is_a_sensor(connect: Callable[..., Peer]) -> None:
+    worker = connect("worker")
+    worker.subscribe("imu/+/window")
+    s3 = connect("s3")
+    s3.subscribe("infer/+/result")
+    assert s3.publish("imu/s1/window", b"forged") == NOT_AUTHORIZED
+    window = marker()
+    assert s3.publish("imu/s3/window", window) == SUCCESS
+    assert worker.until(window) == [("imu/s3/window", window)]
+    worker.publish("infer/s1/result", b"not for s3")
+    done = marker()
+    worker.publish("infer/s3/result", done)
+    assert s3.until(done) == [("infer/s3/result", done)]
+
+
+# --- dashboard -------------------------------------------------------------------------------
+
+
+def test_dashboard_reads_results_errors_and_statuses_only(connect: Callable[..., Peer]) -> None:
+    dashboard = connect("dashboard")
+    dashboard.subscribe(
+        "infer/+/result", "infer/+/error", "hailo/+/status", "imu/+/window", "reply/#"
+    )
+    assert connect("s1").publish("imu/s1/window", b"window") == SUCCESS
+    worker = connect("worker")
+    worker.publish(f"reply/{dashboard.client_id}/1", b"reply")
+    status, error, done = marker(), marker(), marker()
+    worker_id = f"w-{uuid.uuid4().hex[:6]}"
+    worker.publish(f"hailo/{worker_id}/status", status, retain=True)
+    worker.publish("infer/s2/error", error)
+    worker.publish("infer/s1/result", done)
+    assert dashboard.until(done) == [
+        (f"hailo/{worker_id}/status", status),
+        ("infer/s2/error", error),
+        ("infer/s1/result", done),
+    ]
+    worker.publish(f"hailo/{worker_id}/status", b"", retain=True)  # clear the retained status
+
+
+def test_dashboard_cannot_publish(connect: Callable[..., Peer]) -> None:
+    worker = connect("worker")
+    worker.subscribe("imu/+/window")
+    dashboard = connect("dashboard")
+    for topic in (
+        "imu/dashboard/window", "imu/s1/window", "infer/s1/result", "infer/s1/error",
+        "hailo/worker/status", "reply/x/1",
+    ):
+        assert dashboard.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+    done = marker()
+    connect("s1").publish("imu/s1/window", done)
+    assert worker.until(done) == [("imu/s1/window", done)]
+
+
+# --- worker ----------------------------------------------------------------------------------
+
+
+def test_worker_reads_windows_shared_and_plain(connect: Callable[..., Peer]) -> None:
+    shared = connect("worker")
+    assert shared.subscribe("$share/g/imu/+/window") == [1]
+    plain = connect("worker-pi1")
+    assert plain.subscribe("imu/+/window") == [1]
+    window = marker()
+    assert connect("s2").publish("imu/s2/window", window) == SUCCESS
+    assert shared.until(window) == [("imu/s2/window", window)]
+    assert plain.until(window) == [("imu/s2/window", window)]
+
+
+def test_worker_publishes_results_errors_statuses_and_replies(
+    connect: Callable[..., Peer],
+) -> None:
+    s1 = connect("s1")
+    s1.subscribe("infer/s1/result", "infer/s1/error")
+    dashboard = connect("dashboard")
+    dashboard.subscribe("hailo/+/status")
+    bridge = connect("bridge", client_id=f"hailo-bridge-{uuid.uuid4().hex[:8]}")
+    bridge.subscribe(f"reply/{bridge.client_id}/#")
+    result, error, status, reply = marker(), marker(), marker(), marker()
+    for name in ("worker", "worker-pi1"):
+        worker = connect(name)
+        assert worker.publish("infer/s1/error", error) == SUCCESS
+        assert worker.publish("infer/s1/result", result) == SUCCESS
+        assert worker.publish(f"hailo/{name}/status", status) == SUCCESS
+        assert worker.publish(f"reply/{bridge.client_id}/req-1", reply) == SUCCESS
+        assert s1.until(result) == [("infer/s1/error", error), ("infer/s1/result", result)]
+        assert dashboard.until(status) == [(f"hailo/{name}/status", status)]
+        assert bridge.until(reply) == [(f"reply/{bridge.client_id}/req-1", reply)]
+
+
+def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
+    observer = connect("worker")
+    observer.subscribe("imu/+/window")
+    for name in ("worker", "worker-pi1"):
+        worker = connect(name)
+        assert worker.publish(f"imu/{name}/window", b"forged") == NOT_AUTHORIZED
+        assert worker.publish("imu/s1/window", b"forged") == NOT_AUTHORIZED
+    done = marker()
+    connect("s1").publish("imu/s1/window", done)
+    assert observer.until(done) == [("imu/s1/window", done)]
+
+
+# --- bridge ----------------------------------------------------------------------------------
+
+
+def test_bridge_publishes_as_bridge_and_reads_only_its_own_replies(
+    connect: Callable[..., Peer],
+) -> None:
+    worker = connect("worker")
+    worker.subscribe("imu/+/window")
+    bridge = connect("bridge", client_id=f"hailo-bridge-{uuid.uuid4().hex[:8]}")
+    other_id = f"hailo-bridge-{uuid.uuid4().hex[:8]}"
+    bridge.subscribe(
+        f"reply/{bridge.client_id}/#", f"reply/{other_id}/#", "infer/+/result",
+        "infer/+/error", "hailo/+/status",
+    )
+    assert bridge.publish("imu/s1/window", b"forged") == NOT_AUTHORIZED
+    assert bridge.publish("infer/s1/result", b"forged") == NOT_AUTHORIZED
+    window = marker()
+    assert bridge.publish("imu/bridge/window", window) == SUCCESS
+    assert worker.until(window) == [("imu/bridge/window", window)]
+
+    worker.publish(f"reply/{other_id}/req-1", b"another bridge's answer")
+    reply, result, error, status = marker(), marker(), marker(), marker()
+    worker.publish(f"reply/{bridge.client_id}/req-1", reply)
+    worker.publish("infer/bridge/result", result)
+    worker.publish("infer/s2/error", error)
+    worker.publish("hailo/worker/status", status)
+    assert bridge.until(status) == [
+        (f"reply/{bridge.client_id}/req-1", reply),
+        ("infer/bridge/result", result),
+        ("infer/s2/error", error),
+        ("hailo/worker/status", status),
+    ]
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_a_full_size_window_passes_and_an_oversized_packet_does_not(
+    connect: Callable[..., Peer], ep: Endpoint
+) -> None:
+    worker = connect("worker")
+    worker.subscribe("imu/+/window")
+    s1 = connect("s1")
+    assert s1.connack_props.MaximumPacketSize == 1048576
+    window = secrets.token_bytes(65536)
+    assert s1.publish("imu/s1/window", window) == SUCCESS
+    assert worker.until(window) == [("imu/s1/window", window)]
+    # An MQTT 3.1.1 client is not told the limit; the broker disconnects it instead.
+    old = Peer(ep, "s2", protocol=mqtt.MQTTv311)
+    assert old.connect() == SUCCESS
+    old.client.publish("imu/s2/window", b"\0" * 1100000, qos=1)
+    old.disconnects.get(timeout=5)
+    old.close()
+    done = marker()
+    connect("s2").publish("imu/s2/window", done)
+    assert worker.until(done) == [("imu/s2/window", done)]
+
+
+# --- persistence and reload ------------------------------------------------------------------
+
+
+def test_retained_status_and_queued_windows_survive_a_restart(
+    deployment: Deployment, ep: Endpoint, tmp_path: Path
+) -> None:
+    own = run_broker(deployment, tmp_path)
+    try:
+        at = ep.on(own)
+        worker_id = f"w-{uuid.uuid4().hex[:6]}"
+        worker = Peer(at, "worker", client_id=worker_id, session_expiry=3600)
+        assert worker.connect() == SUCCESS
+        worker.subscribe("imu/+/window")
+        status = marker()
+        # Accepted and retained; v5 PUBACK says nobody subscribes to it yet.
+        assert worker.publish(f"hailo/{worker_id}/status", status, retain=True) == NO_SUBSCRIBERS
+        worker.close()
+        s1 = Peer(at, "s1")
+        assert s1.connect() == SUCCESS
+        window = marker()
+        assert s1.publish("imu/s1/window", window) == SUCCESS  # queued for the absent worker
+        s1.close()
+
+        own.restart()
+        assert (tmp_path / "data" / "mosquitto.db").is_file()
+
+        back = Peer(at, "worker", client_id=worker_id, session_expiry=3600, clean_start=False)
+        assert back.connect() == SUCCESS
+        assert back.session_present
+        assert back.until(window) == [("imu/s1/window", window)]
+        back.close()
+        dashboard = Peer(at, "dashboard")
+        assert dashboard.connect() == SUCCESS
+        dashboard.subscribe(f"hailo/{worker_id}/status")
+        assert dashboard.until(status) == [(f"hailo/{worker_id}/status", status)]
+        dashboard.close()
+    finally:
+        own.stop()
+
+
+def connect_when_ready(ep: Endpoint, user: str, password: str, timeout: float = 5.0) -> Peer:
+    deadline = time.monotonic() + timeout
+    while True:
+        peer = Peer(ep, user, password=password)
+        if peer.connect() == SUCCESS:
+            return peer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{user} still refused after the reload")
+        time.sleep(0.05)
+
+
+def test_add_user_takes_effect_on_sighup(deployment: Deployment, tmp_path: Path) -> None:
+    dep = Deployment(tmp_path / "dep")
+    shutil.copytree(deployment.root, dep.root)
+    own = run_broker(dep, tmp_path / "broker")
+    try:
+        at = Endpoint("tcp", own.port_for(MQTT_PORT))
+        password = secrets.token_urlsafe(12)
+        add_user(dep.env(), "s4", "sensor", password)
+        assert Peer(at, "s4", password=password).connect() == NOT_AUTHORIZED  # not reloaded yet
+        own.reload()
+        s4 = connect_when_ready(at, "s4", password)
+        assert s4.publish("imu/s4/window", b"w") == SUCCESS
+        s4.close()
+
+        add_user(dep.env(), "s4", "dashboard", password)  # the same user, a new role
+        own.reload()
+        deadline = time.monotonic() + 5
+        while True:
+            s4 = connect_when_ready(at, "s4", password)
+            code = s4.publish("imu/s4/window", b"w")
+            s4.close()
+            if code == NOT_AUTHORIZED:
+                break
+            assert time.monotonic() < deadline, "the dashboard role never applied"
+            time.sleep(0.05)
+    finally:
+        own.stop()
+
+
+# --- the scripts -----------------------------------------------------------------------------
+
+
+def test_add_user_refuses_bad_input_and_a_password_argument(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    for args, stdin in (
+        (["s1", "sensor", "hunter2"], "hunter2\n"),  # a password as an argument
+        (["s1"], "pw\n"),
+        (["s1", "admin"], "pw\n"),
+        (["s/1", "sensor"], "pw\n"),
+        (["+", "sensor"], "pw\n"),
+        (["s1", "sensor"], ""),  # no password
+    ):
+        done = subprocess.run(
+            [str(ADD_USER), *args], input=stdin, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 2, (args, done.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_add_user_files(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    add_user(env, "s1", "sensor", "first-secret")
+    add_user(env, "pi", "worker", "second-secret")
+    add_user(env, "s1", "dashboard", "third-secret")  # same user: new password and role
+    passwd = (tmp_path / "passwd").read_text()
+    assert [line.split(":")[0] for line in passwd.splitlines()] == ["s1", "pi"]
+    assert (tmp_path / "passwd").stat().st_mode & 0o777 == 0o640
+    roles = (tmp_path / "roles").read_text().split("\n")
+    assert roles == ["pi worker", "s1 dashboard", ""]
+    acl = (tmp_path / "acl").read_text()
+    assert "user pi\ntopic deny imu/pi/window\ntopic read imu/+/window\n" in acl
+    assert "user s1\ntopic deny imu/s1/window\ntopic deny reply/#\n" in acl
+    for text in (passwd, "\n".join(roles), acl):
+        assert "secret" not in text
+
+
+def test_add_user_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    password = "typed-" + secrets.token_hex(6)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        try:
+            os.execve(str(ADD_USER), [str(ADD_USER), "s9", "sensor"], env)
+        finally:
+            os._exit(127)
+    screen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + 5
+        while text not in screen:
+            assert time.monotonic() < deadline, f"no {text!r} on the terminal: {screen!r}"
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    screen += os.read(fd, 1024)
+                except OSError:  # EIO: the script has exited and closed the terminal
+                    break
+
+    read_until(b"Password for s9: ")
+    os.write(fd, password.encode() + b"\n")
+    read_until(b"Password again: ")
+    os.write(fd, password.encode() + b"\n")
+    read_until(b"SIGHUP")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert password.encode() not in screen
+    assert (tmp_path / "passwd").read_text().startswith("s9:$7$")
+
+
+def test_add_user_refuses_a_broken_roles_file(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    (tmp_path / "roles").write_text("s1 sensor\ns2 superuser\n")
+    done = subprocess.run(
+        [str(ADD_USER), "s3", "sensor"], input="pw\n", env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "superuser" in done.stderr
+    assert not (tmp_path / "passwd").exists()
+
+
+def test_committed_acl_is_generated_from_committed_roles(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd"),
+        "MOSQUITTO_ROLES_FILE": str(MOSQ / "roles"),
+        "MOSQUITTO_ACL_FILE": str(tmp_path / "acl"),
+    }
+    subprocess.run([str(ADD_USER), "--sync"], env=env, check=True, capture_output=True)
+    assert (tmp_path / "acl").read_text() == (MOSQ / "acl").read_text()
+
+
+def test_start_sh_turns_tls_on_only_with_a_certificate_and_key(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    shutil.copy(MOSQ / "conf.d" / "tls.conf.in", tmp_path / "conf.d")
+    (tmp_path / "conf.d" / "site.conf").write_text("max_keepalive 120\n")
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener 1883\ninclude_dir {run_dir}\n")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    env = {
+        **os.environ, "MOSQUITTO_CONF": str(conf), "MOSQUITTO_CERT_DIR": str(certs),
+        "MOSQUITTO_BIN": "true",
+    }
+
+    def start() -> list[str]:
+        subprocess.run(["sh", str(START)], env=env, check=True, capture_output=True)
+        return sorted(p.name for p in run_dir.iterdir())
+
+    assert start() == ["site.conf"]
+    (certs / "server.crt").write_text("x")
+    assert start() == ["site.conf"]  # a certificate without its key is not enough
+    (certs / "server.key").write_text("x")
+    assert start() == ["site.conf", "tls.conf"]
+    tls = (run_dir / "tls.conf").read_text()
+    assert f"certfile {certs}/server.crt\n" in tls and f"keyfile {certs}/server.key\n" in tls
+    assert "listener 8883\n" in tls
+    (certs / "server.key").unlink()
+    assert start() == ["site.conf"]  # a stale tls.conf goes
+
+
+def test_no_private_key_is_kept_in_the_repo() -> None:
+    for path in MOSQ.rglob("*"):
+        if path.is_file():
+            assert "PRIVATE KEY" not in path.read_text(errors="replace"), path
