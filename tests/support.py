@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,12 +27,6 @@ from worker import wire
 
 REPO = Path(__file__).resolve().parent.parent
 HAILO_DOUBLE = REPO / "tests" / "hailo_double"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import msgpack
 import numpy as np
 import pytest
+from broker_util import free_port
 from schema_util import validate
-from support import REPO, Collector, WorkerProcess, free_port, wait_until
+from support import REPO, Collector, WorkerProcess, wait_until
 
 from worker.backends.stub import StubBackend
 from worker.settings import WorkerSettings

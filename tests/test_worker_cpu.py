@@ -1,4 +1,4 @@
-"""The real worker in INFER_MODE=cpu: its answers are what onnxruntime gives on the committed model."""
+"""The real worker in INFER_MODE=cpu answers what onnxruntime gives on the committed model."""
 
 from __future__ import annotations
 
