@@ -4,8 +4,9 @@
 #   mosquitto/gen-test-certs.sh DIR [HOST ...]     (default hosts: localhost 127.0.0.1)
 #
 # Writes DIR/ca.crt, DIR/ca.key, DIR/server.crt and DIR/server.key, valid for 7 days. Give
-# clients DIR/ca.crt (MQTT_CA_FILE). For production use certificates from your own CA; never
-# commit a private key. Needs openssl.
+# clients DIR/ca.crt (MQTT_CA_FILE). server.key goes to group MOSQUITTO_GROUP (default mosquitto,
+# when that group exists and this runs as root), since the broker reads it as its own user.
+# For production use certificates from your own CA; never commit a private key. Needs openssl.
 set -euo pipefail
 
 [[ $# -ge 1 ]] || { echo "usage: gen-test-certs.sh DIR [HOST ...]" >&2; exit 2; }
@@ -36,4 +37,10 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -out server.crt -days 
     )
 rm -f server.csr
 chmod 0644 ca.crt server.crt
+# Mosquitto 2.0 reads the key after dropping to its own user: let its group read it.
+if [[ -n ${MOSQUITTO_GROUP:-} ]]; then
+    chgrp "$MOSQUITTO_GROUP" server.key && chmod 0640 server.key
+elif [[ $EUID -eq 0 ]] && getent group mosquitto >/dev/null; then
+    chgrp mosquitto server.key && chmod 0640 server.key
+fi
 echo "Throwaway CA and server certificate for ${hosts[*]} in $(pwd) (valid 7 days)."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what pip cannot: Mosquitto (broker and clients) and jq, from Debian's packages.
+# Installs what pip cannot: Mosquitto (broker and clients), jq, curl and openssl, from Debian.
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 missing=()
@@ -7,6 +7,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # throwaway certs in the TLS tests
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -168,3 +168,63 @@ class WorkerProcess:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+class BridgeProcess:
+    """The real `hailo-bridge` as a child process, on a free loopback port."""
+
+    def __init__(self, mqtt_port: int, log_dir: Path | None = None, **settings: Any) -> None:
+        from broker_util import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client_id = str(settings.pop("bridge_client_id", f"bridge-{uuid.uuid4().hex[:6]}"))
+        self.env = {
+            **os.environ,
+            "MQTT_HOST": "127.0.0.1",
+            "MQTT_PORT": str(mqtt_port),
+            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_PORT": str(self.port),
+            "BRIDGE_CLIENT_ID": self.client_id,
+            "STATUS_INTERVAL_S": "1",  # as WorkerProcess
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.update({k.upper(): str(v) for k, v in settings.items()})
+        self.log_path = (log_dir or Path("/tmp")) / f"{self.client_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20) -> BridgeProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.bridge.cli"], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        try:
+            wait_until(self._answers, timeout, f"the bridge to listen on {self.port}")
+        except AssertionError:
+            self.kill()
+            raise AssertionError(f"bridge never answered:\n{self.log()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        import socket
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)

@@ -65,5 +65,5 @@ def test_data_given_is_what_gets_hashed(hef: Path, tmp_path: Path) -> None:
     sums.write_text(f"{digest(hef)}  {hef.name}\n")
     hef.write_bytes(b"replaced after reading")
     assert verify_hef(hef, sums, data=data) == hashlib.sha256(data).hexdigest()
-    with pytest.raises(ConfigError, match="^HEF_PATH: sha256"):
+    with pytest.raises(ConfigError, match=r"^HEF_PATH: sha256"):
         verify_hef(hef, sums)

@@ -26,7 +26,9 @@ import importlib
 import logging
 import math
 import threading
+import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -78,12 +80,12 @@ class Layout:
     motif_name: str
 
 
-def _describe(outputs: dict[str, tuple[int, ...]]) -> str:
+def _describe(outputs: Mapping[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{n} ({math.prod(s)} values)" for n, s in outputs.items())
 
 
 def _choose(setting: str, dim: int, name_setting: str, name: str | None,
-            outputs: dict[str, tuple[int, ...]], taken: set[str]) -> str:
+            outputs: Mapping[str, tuple[int, ...]], taken: set[str]) -> str:
     if name:
         if name not in outputs:
             raise ConfigError(f"{name_setting}: the HEF has no output {name!r}; it has "
@@ -102,7 +104,7 @@ def _choose(setting: str, dim: int, name_setting: str, name: str | None,
                       f"set {name_setting} to the one to use")
 
 
-def map_outputs(outputs: dict[str, tuple[int, ...]], latent_dim: int, num_motifs: int,
+def map_outputs(outputs: Mapping[str, tuple[int, ...]], latent_dim: int, num_motifs: int,
                 latent_name: str | None = None, motif_name: str | None = None) -> tuple[str, str]:
     """Which output stream is the latent and which the motif scores.
 
@@ -286,6 +288,9 @@ class HailoBackend:
             n = int(windows.shape[0])
             if not 1 <= n <= len(opened.slots):
                 raise InferenceError(f"batch of {n} windows; BATCH_MAX_SIZE is {len(opened.slots)}")
+            if math.prod(windows.shape[1:]) != math.prod(self.layout.input_shape):
+                raise InferenceError(f"windows of shape {windows.shape[1:]} do not fit the HEF's "
+                                     f"input {self.layout.input_shape}")
             frames = np.ascontiguousarray(windows, dtype=np.float32).reshape(
                 (n, *self.layout.input_shape))
             slots = opened.slots[:n]
@@ -318,13 +323,15 @@ class HailoBackend:
             # the Bindings pointing at it: a reused Bindings needs its outputs set again.
             for name, buffer in slot.outputs.items():
                 slot.bindings.output(name).set_buffer(buffer)
+        # DEVICE_TIMEOUT_MS bounds the whole batch, however many chunks and waits it takes.
+        deadline = time.monotonic() + self._timeout_ms / 1000
         configured, jobs = opened.configured, []
         for start in range(0, len(slots), opened.queue_size):
             part = [s.bindings for s in slots[start:start + opened.queue_size]]
-            configured.wait_for_async_ready(timeout_ms=self._timeout_ms, frames_count=len(part))
+            configured.wait_for_async_ready(timeout_ms=_left_ms(deadline), frames_count=len(part))
             jobs.append(configured.run_async(part, done))
         for job in jobs:
-            job.wait(self._timeout_ms)
+            job.wait(_left_ms(deadline))
         if errors:
             raise errors[0]
 
@@ -393,6 +400,11 @@ class HailoBackend:
             self._open = None
             if self.unavailable_reason is None:
                 self.unavailable_reason = "closed"
+
+
+def _left_ms(deadline: float) -> int:
+    """Milliseconds to `deadline`, at least 1 (HailoRT then times out if the job is not done)."""
+    return max(1, int((deadline - time.monotonic()) * 1000))
 
 
 def _quietly(step: Any) -> None:

@@ -63,7 +63,10 @@ class _Control:
         key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
         if key != self._key:
             text = Path(path).read_text()
-            doc = json.loads(text) if text.strip() else {}
+            try:
+                doc = json.loads(text) if text.strip() else {}
+            except json.JSONDecodeError:
+                return self._doc  # caught mid-write (not atomic): keep the last good one
             unknown = set(doc) - set(FIELDS)
             if unknown:
                 raise ValueError(f"HAILO_DOUBLE_CONTROL {path}: unknown fields {sorted(unknown)}")

@@ -12,7 +12,7 @@ import fcntl
 import gc
 import os
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from hailo_platform._double.control import control, record
 from hailo_platform._double.engine import lost_error
@@ -95,7 +95,7 @@ class VDevice:
     def __enter__(self) -> VDevice:
         return self
 
-    def __exit__(self, *args: object) -> bool:
+    def __exit__(self, *args: object) -> Literal[False]:
         self.release()
         return False
 
@@ -103,8 +103,9 @@ class VDevice:
         self.release()
 
     def release(self) -> None:
-        if getattr(self, "_vdevice", None) is not None:
-            handle, self._vdevice = self._vdevice, None
+        handle: ChipHandle | None = getattr(self, "_vdevice", None)
+        if handle is not None:
+            self._vdevice = None
             record("vdevice_release")
             handle.unref()
 
@@ -200,7 +201,7 @@ class Device:
     def __enter__(self) -> Device:
         return self
 
-    def __exit__(self, *args: object) -> bool:
+    def __exit__(self, *args: object) -> Literal[False]:
         self.release()
         return False
 

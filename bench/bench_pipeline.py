@@ -1,0 +1,423 @@
+"""The pipeline benchmark: the worker's own cost, against a bare relay, in one run.
+
+    python bench/bench_pipeline.py [--duration S] [--repeats N] [--scenarios LIST] [--record]
+
+Starts its own Mosquitto (mosquitto/dev.conf on a free loopback port) and, run by run, the
+process under test and a load generator (bench/load.py), then prints one table:
+
+  ceiling   the publisher and broker alone (load.py --echo), then the bare relay
+            (bench/relay.py) driven by the same publisher: windows/s and relay CPU per window
+  worker    the real worker (stub backend, default batching), same load: windows/s and CPU
+            per window, each as a ratio to the relay's; relay and worker runs alternate
+  latency   the worker's round trip p50/p99 at 200 windows/s and at 80% of its measured
+            capacity, with a steady-rate publisher
+  device    the worker on the HailoRT test double (per-batch latency L + p x frames): windows/s
+            against the double's capacity at the batch size, and how busy it was kept
+
+Every figure is the median of --repeats runs; CPU is user + system time of the process
+(all threads) over the measured interval, divided by the windows answered in it. `--record`
+appends the table to bench/README.md with the date, machine and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "hailo_double"))
+
+from broker_util import Broker, start_broker  # noqa: E402
+
+SCENARIOS = ("ceiling", "worker", "latency", "device")
+DEFAULT_WAIT_MS = 5.0  # BATCH_MAX_WAIT_MS's default: the latency target is this + 5 ms
+DEFAULT_BATCH = 8  # BATCH_MAX_SIZE's default
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (5)")
+    p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds first (1.5)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each kind; medians (3)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (all)")
+    p.add_argument("--forms", default="bin,lists", help="window forms: bin,lists (both)")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (2 s measured, 1 s warm-up): the `make bench` default")
+    p.add_argument("--outstanding", type=int, default=128,
+                   help="windows kept unanswered by the saturating publisher (128)")
+    p.add_argument("--light-rate", type=float, default=200.0, help="light load, windows/s")
+    p.add_argument("--load-fraction", type=float, default=0.8,
+                   help="heavy latency load as a fraction of measured capacity (0.8)")
+    p.add_argument("--device-ms", type=float, default=1.0, help="double: ms per batch (1.0)")
+    p.add_argument("--device-per-frame-ms", type=float, default=0.1,
+                   help="double: extra ms per frame (0.1)")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra setting for every worker run (repeatable)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter for the worker (e.g. one with a patched worker on its path)")
+    p.add_argument("--record", action="store_true", help="append the table to bench/README.md")
+    p.add_argument("--json", type=Path, help="also write every run's raw figures here")
+    return p
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class StatusWatch:
+    """Follows hailo/+/status, so a worker run starts when the worker says `online`."""
+
+    def __init__(self, port: int) -> None:
+        self.states: dict[str, str] = {}
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"bench-watch-{uuid.uuid4().hex[:6]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("hailo/+/status", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            state = str(json.loads(msg.payload)["state"])
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.cond:
+            self.states[msg.topic.split("/")[1]] = state
+            self.cond.notify_all()
+
+    def wait(self, worker_id: str, state: str, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.states.get(worker_id) == state, timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    broker: Broker
+    watch: StatusWatch
+    workdir: Path
+    hef: Path | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextmanager
+    def relay(self) -> Iterator[subprocess.Popen[str]]:
+        proc = subprocess.Popen([sys.executable, str(BENCH / "relay.py"),
+                                 "--port", str(self.broker.port)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 15)
+            if not ready or proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("the relay did not subscribe")
+            yield proc
+        finally:
+            _stop(proc)
+
+    @contextmanager
+    def worker(self, **settings: str) -> Iterator[subprocess.Popen[str]]:
+        worker_id = f"bench-{uuid.uuid4().hex[:6]}"
+        env = {**os.environ, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(self.broker.port),
+               "WORKER_ID": worker_id, "METRICS_PORT": "0", **settings}
+        env.update(item.split("=", 1) for item in self.args.worker_env)
+        log = (self.workdir / f"{worker_id}.log").open("w")
+        proc = subprocess.Popen([self.args.python, "-m", "worker"], env=env, cwd=self.workdir,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            if not self.watch.wait(worker_id, "online", 30):
+                raise RuntimeError(f"worker not online; see {log.name}")
+            yield proc
+        finally:
+            _stop(proc)
+            log.close()
+
+    def hailo_settings(self) -> dict[str, str]:
+        if self.hef is None:
+            import make_hef  # the double's HEF writer (tests/hailo_double)
+
+            onnx = make_hef.write_tiny_onnx(self.workdir / "tiny.onnx")
+            self.hef = make_hef.write_hef(self.workdir / "bench.hef", onnx)
+        a = self.args
+        return {"INFER_MODE": "hailo", "HEF_PATH": str(self.hef),
+                "HAILO_DOUBLE_LATENCY_MS": str(a.device_ms),
+                "HAILO_DOUBLE_PER_FRAME_MS": str(a.device_per_frame_ms),
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(REPO / "tests" / "hailo_double"),
+                                  os.environ.get("PYTHONPATH")]))}
+
+    def load(self, kind: str, form: str, target: subprocess.Popen[str] | None,
+             *extra: str) -> dict[str, Any]:
+        a = self.args
+        cmd = [sys.executable, str(BENCH / "load.py"), "--port", str(self.broker.port),
+               "--form", form, "--warmup", str(a.warmup), "--duration", str(a.duration),
+               "--outstanding", str(a.outstanding), "--pid", f"broker={_pid(self.broker)}", *extra]
+        if target is not None:
+            cmd += ["--pid", f"target={target.pid}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"load.py failed ({kind}): {out.stderr.strip()[-2000:]}")
+        run = {"kind": kind, "form": form, **json.loads(out.stdout)}
+        self.runs.append(run)
+        print(f"  {kind:<18} {form:<5} {_summary(run)}", file=sys.stderr, flush=True)
+        return run
+
+
+def _pid(broker: Broker) -> int:
+    proc = broker._proc  # broker_util keeps the process private; its pid is all we need
+    assert proc is not None
+    return proc.pid
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _summary(run: dict[str, Any]) -> str:
+    cpu = run["cpu_us_per_window"]
+    text = (f"{run['rate']:8.0f} w/s  target {cpu.get('target', 0):6.1f} us/w  "
+            f"broker {cpu['broker']:5.1f}  load {cpu['load']:5.1f}  others "
+            f"{run['others_cores']:.2f} cores")
+    if "latency_ms" in run:
+        text += f"  p50 {run['latency_ms']['p50']:.2f} ms p99 {run['latency_ms']['p99']:.2f} ms"
+    if "device_busy" in run:
+        text += f"  busy {run['device_busy']:.2f} batch {run.get('mean_batch', 0):.1f}"
+    if run["errors"]:
+        text += f"  ERRORS {run['errors']}"
+    return text
+
+
+# -- the schedule -------------------------------------------------------------------------------
+
+
+def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
+    a = bench.args
+    if scenarios & {"ceiling", "worker"}:
+        print("throughput (saturating publisher; relay and worker alternate):", file=sys.stderr)
+        for rep in range(a.repeats):
+            print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
+            if "ceiling" in scenarios:
+                bench.load("publisher", "bin", None, "--echo")
+            for form in forms:
+                if "ceiling" in scenarios:
+                    with bench.relay() as relay:
+                        bench.load("relay", form, relay)
+                if "worker" in scenarios:
+                    with bench.worker() as worker:
+                        bench.load("worker", form, worker)
+    heavy = {f: _median(bench.runs, "worker", f, "rate") * a.load_fraction for f in forms}
+    if scenarios & {"latency", "device"}:
+        print("latency (steady publisher) and device-bound (saturating):", file=sys.stderr)
+        for rep in range(a.repeats):
+            print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
+            if "latency" in scenarios:
+                for form in forms:
+                    rates = [("light", a.light_rate)]
+                    if heavy[form] == heavy[form]:  # NaN when the worker's capacity is unknown
+                        rates.append(("heavy", heavy[form]))
+                    for name, rate in rates:
+                        with bench.worker() as worker:
+                            bench.load(f"latency-{name}", form, worker, "--mode", "rate",
+                                       "--rate", f"{rate:.0f}", "--latency")
+            if "device" in scenarios:
+                with bench.worker(**bench.hailo_settings()) as worker:
+                    bench.load("device", "bin", worker, "--device",
+                               f"{a.device_ms},{a.device_per_frame_ms}")
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def _pick(runs: list[dict[str, Any]], kind: str, form: str) -> list[dict[str, Any]]:
+    return [r for r in runs if r["kind"] == kind and r["form"] == form]
+
+
+def _median(runs: list[dict[str, Any]], kind: str, form: str, key: str,
+            get: Callable[[dict[str, Any]], float] | None = None) -> float:
+    values = [get(r) if get else float(r[key]) for r in _pick(runs, kind, form)]
+    return statistics.median(values) if values else float("nan")
+
+
+def _cpu(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda r: float(r["cpu_us_per_window"].get(name, float("nan")))
+
+
+def _lat(q: str) -> Callable[[dict[str, Any]], float]:
+    return lambda r: float(r["latency_ms"][q]) if "latency_ms" in r else float("nan")
+
+
+def table(bench: Bench, forms: list[str]) -> str:
+    a, runs = bench.args, bench.runs
+    rows = [f"{'run':<34}{'windows/s':>10}{'x relay':>9}{'CPU us/w':>10}{'x relay':>9}"
+            f"{'broker':>8}{'load':>7}{'p50 ms':>8}{'p99 ms':>8}{'others':>8}"]
+
+    def row(label: str, kind: str, form: str, relay: bool) -> None:
+        if not _pick(runs, kind, form):
+            return
+        rate, cpu = _median(runs, kind, form, "rate"), _median(runs, kind, form, "", _cpu("target"))
+        r_rate = _median(runs, "relay", form, "rate") if relay else float("nan")
+        r_cpu = _median(runs, "relay", form, "", _cpu("target")) if relay else float("nan")
+        rows.append(
+            f"{label:<34}{rate:>10.0f}{rate / r_rate:>9.2f}{cpu:>10.1f}{cpu / r_cpu:>9.2f}"
+            f"{_median(runs, kind, form, '', _cpu('broker')):>8.1f}"
+            f"{_median(runs, kind, form, '', _cpu('load')):>7.1f}"
+            f"{_median(runs, kind, form, '', _lat('p50')):>8.2f}"
+            f"{_median(runs, kind, form, '', _lat('p99')):>8.2f}"
+            f"{_median(runs, kind, form, 'others_cores'):>8.2f}")
+
+    row("publisher + broker alone (echo)", "publisher", "bin", False)
+    for form in forms:
+        row(f"relay, {form}", "relay", form, True)
+        row(f"worker stub, {form}", "worker", form, True)
+    for form in forms:
+        light = _pick(runs, "latency-light", form)
+        if light:
+            row(f"worker {form} @ {light[0]['send_rate']:.0f}/s", "latency-light", form, False)
+        heavy = _pick(runs, "latency-heavy", form)
+        if heavy:
+            row(f"worker {form} @ {heavy[0]['send_rate']:.0f}/s ({a.load_fraction:.0%} cap)",
+                "latency-heavy", form, False)
+    lines = ["\n".join(rows).replace("nan", " - ")]
+    lines.append("CPU us/w: process CPU per answered window (broker, load: same run). others: "
+                 "CPU of processes outside the bench, in cores (the noise).")
+    device = _pick(runs, "device", "bin")
+    if device:
+        batch = DEFAULT_BATCH
+        for item in a.worker_env:
+            if item.startswith("BATCH_MAX_SIZE="):
+                batch = int(item.split("=", 1)[1])
+        capacity = batch / (a.device_ms + a.device_per_frame_ms * batch) * 1000
+        rate = _median(runs, "device", "bin", "rate")
+        lines.append(
+            f"device-bound: double {a.device_ms:g} ms + {a.device_per_frame_ms:g} ms/frame, "
+            f"batch {batch}: capacity {capacity:.0f} w/s; worker {rate:.0f} w/s = "
+            f"{rate / capacity:.2f} of capacity; device busy "
+            f"{_median(runs, 'device', 'bin', 'device_busy'):.2f}; mean batch "
+            f"{_median(runs, 'device', 'bin', 'mean_batch'):.1f}; worker CPU "
+            f"{_median(runs, 'device', 'bin', '', _cpu('target')):.1f} us/w")
+    lines.extend(_targets(bench, forms))
+    return "\n".join(lines)
+
+
+def _targets(bench: Bench, forms: list[str]) -> list[str]:
+    runs, out = bench.runs, ["targets (issue #7):"]
+
+    def check(what: str, value: float, ok: bool) -> None:
+        if value == value:
+            out.append(f"  {'PASS' if ok else 'FAIL'}  {what}: {value:.2f}")
+
+    w, r = _median(runs, "worker", "bin", "rate"), _median(runs, "relay", "bin", "rate")
+    check("worker/relay throughput, bin (>= 0.90)", w / r, w / r >= 0.9)
+    wc = _median(runs, "worker", "bin", "", _cpu("target"))
+    rc = _median(runs, "relay", "bin", "", _cpu("target"))
+    check("worker/relay CPU per window, bin (<= 1.25)", wc / rc, wc / rc <= 1.25)
+    limit = DEFAULT_WAIT_MS + 5
+    for form in forms:
+        p99 = _median(runs, "latency-light", form, "", _lat("p99"))
+        check(f"p99 ms at light load, {form} (<= {limit:g})", p99, p99 <= limit)
+    busy = _median(runs, "device", "bin", "device_busy")
+    check("device double busy when overloaded (>= 0.90)", busy, busy >= 0.9)
+    return out
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.node()}, {model}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start")
+
+
+def commit() -> str:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never rewrite the index
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, env=env)
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def record(text: str, header: str) -> None:
+    readme = BENCH / "README.md"
+    with readme.open("a") as f:
+        f.write(f"\n### {header}\n\n```\n{text}\n```\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 2.0, 1.0
+    scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    if not scenarios <= set(SCENARIOS) or not set(forms) <= {"bin", "lists"}:
+        print("bench_pipeline: unknown scenario or form", file=sys.stderr)
+        return 2
+    started = datetime.now(timezone.utc)
+    where = machine()
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        workdir = Path(tmp)
+        broker = start_broker((REPO / "mosquitto" / "dev.conf").read_text(), workdir / "broker")
+        watch = StatusWatch(broker.port)
+        bench = Bench(args, broker, watch, workdir)
+        try:
+            execute(bench, scenarios, forms)
+        finally:
+            watch.close()
+            broker.stop()
+    header = (f"{started:%Y-%m-%d %H:%M} UTC, commit {commit()}, {where}; medians of "
+              f"{args.repeats} runs x {args.duration:g} s (+{args.warmup:g} s warm-up), "
+              f"{args.outstanding} outstanding when saturating; "
+              f"{(datetime.now(timezone.utc) - started).total_seconds():.0f} s in all")
+    text = table(bench, forms)
+    print(f"\n{header}\n{text}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "runs": bench.runs}, indent=1))
+    if args.record:
+        record(text, header)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

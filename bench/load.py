@@ -1,0 +1,306 @@
+"""The load generator: publishes windows, receives the answers, and measures both.
+
+    python bench/load.py --port PORT --mode closed --outstanding 128 --duration 5 ...
+    python bench/load.py --port PORT --mode rate --rate 200 --latency ...
+
+`closed` (saturating): keeps --outstanding windows unanswered at all times, a new one for each
+answer, so whatever sits between publisher and subscriber runs flat out and its queue never
+overflows. `rate` (steady): publishes on a fixed schedule and, with --latency, measures each
+window's round trip (send to answer, one clock, this process). `--echo` subscribes to its own
+windows, with nothing in between: the publisher's (and broker's) own ceiling.
+
+It is built not to be the bottleneck: one thread driving paho's external-loop API (no
+network thread, no wake-up socket pair), payloads pre-encoded with only `seq` and `ts`
+patched in, answers counted without decoding unless a figure needs them, paho's in-flight
+limit off (the outstanding count bounds it, so paho never rescans its queue).
+
+CPU time of the processes named by --pid (user + system, all threads) is sampled at the
+start and end of the measured interval. One JSON object is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import select
+import socket
+import struct
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+SEQ = struct.Struct(">I")
+TS = struct.Struct(">d")
+_SEQ_MARK = b"\xa3seq\xce"  # fixstr "seq", then uint32
+_TS_MARK = b"\xa2ts\xcb"  # fixstr "ts", then float64
+TEMPLATES = 8
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--mode", choices=["closed", "rate"], default="closed")
+    p.add_argument("--outstanding", type=int, default=128,
+                   help="closed mode: windows kept unanswered (default 128)")
+    p.add_argument("--rate", type=float, default=200.0, help="rate mode: windows per second")
+    p.add_argument("--form", choices=["bin", "lists"], default="bin",
+                   help="compact msgpack bin, or msgpack list of lists")
+    p.add_argument("--sensors", type=int, default=8, help="sensor ids used round robin")
+    p.add_argument("--warmup", type=float, default=1.5, help="seconds before measuring")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
+    p.add_argument("--latency", action="store_true", help="decode answers, time round trips")
+    p.add_argument("--device", metavar="MS,PER_FRAME_MS",
+                   help="decode answers and add up a device double's busy time from their "
+                   "batch_size (implies --latency)")
+    p.add_argument("--echo", action="store_true",
+                   help="subscribe to our own windows: the publisher's ceiling")
+    p.add_argument("--pid", action="append", default=[], metavar="NAME=PID",
+                   help="a process whose CPU time to measure (repeatable)")
+    return p
+
+
+def payload_parts(form: str, rng: np.random.Generator) -> list[tuple[bytes, bytes, bytes]]:
+    """Windows split around their `seq` and `ts` values: (head, middle, tail)."""
+    parts = []
+    for _ in range(TEMPLATES):
+        t = np.arange(100, dtype=np.float32)[:, None] / 50
+        x = (np.sin(t * rng.uniform(0.5, 3, 9) + rng.uniform(0, 6, 9)) * rng.uniform(0.1, 9, 9)
+             + rng.normal(0, 0.05, (100, 9))).astype(np.float32)
+        doc: dict[str, Any] = {"seq": 0xFFFFFFFF, "ts": 0.5}
+        if form == "bin":
+            doc.update(x=x.tobytes(), shape=[100, 9], dtype="<f4")
+        else:
+            doc["x"] = x.tolist()
+        raw = msgpack.packb(doc, use_bin_type=True)
+        s = raw.index(_SEQ_MARK) + len(_SEQ_MARK)
+        t_at = raw.index(_TS_MARK, s) + len(_TS_MARK)
+        parts.append((raw[:s], raw[s + 4:t_at], raw[t_at + 8:]))
+    return parts
+
+
+@dataclass
+class Tally:
+    answered: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    device_busy_s: float = 0.0
+
+
+class Load:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.parts = payload_parts(args.form, np.random.default_rng(7))
+        self.topics = [f"imu/load-{i}/window" for i in range(args.sensors)]
+        self.decode = bool(args.latency or args.device)
+        self.device: tuple[float, float] | None = None
+        if args.device:
+            ms, per_frame = (float(v) / 1000 for v in args.device.split(","))
+            self.device = (ms, per_frame)
+        self.seq = 0
+        self.sent_at: dict[int, float] = {}
+        self.measuring = False
+        self.publishing = True
+        self.t0 = self.t1 = math.inf  # the measured interval, once known
+        self.total = Tally()
+        self.window = Tally()  # answers that arrived in the measured interval
+        self.sent_in_window = 0
+        self.subscribed = False
+        client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                             client_id=f"bench-load-{uuid.uuid4().hex[:8]}",
+                             protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(0)
+        client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self.client = client
+
+    # -- paho callbacks (all on this one thread) ----------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    props: Any) -> None:
+        if self.args.echo:
+            client.subscribe("imu/+/window", qos=1)
+        else:
+            client.subscribe([("infer/+/result", 1), ("infer/+/error", 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      props: Any) -> None:
+        self.subscribed = True
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        tallies = (self.total, self.window) if self.measuring else (self.total,)
+        if msg.topic.endswith("/error"):
+            for t in tallies:
+                t.errors += 1
+        else:
+            for t in tallies:
+                t.answered += 1
+        if self.decode:
+            self._timed(msg.payload, now)
+        if self.args.mode == "closed" and self.publishing:
+            self.publish()
+
+    def _timed(self, payload: bytes, now: float) -> None:
+        doc = msgpack.unpackb(payload, raw=False)
+        sent = self.sent_at.pop(doc.get("seq"), None)
+        w = self.window
+        n = doc.get("batch_size")
+        if self.measuring and isinstance(n, int) and n > 0:
+            # Batches and device time follow the answers counted in the rate: arrivals.
+            w.batch_sizes.append(n)
+            if self.device is not None:
+                w.device_busy_s += (self.device[0] + self.device[1] * n) / n
+        # Round trips follow the windows sent in the interval, however late they come back.
+        if sent is not None and self.t0 <= sent <= self.t1:
+            w.latencies.append(now - sent)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self) -> None:
+        seq = self.seq
+        self.seq += 1
+        head, middle, tail = self.parts[seq % TEMPLATES]
+        payload = b"".join((head, SEQ.pack(seq & 0xFFFFFFFF), middle, TS.pack(time.time()), tail))
+        now = time.perf_counter()
+        if self.decode:
+            self.sent_at[seq] = now
+        if self.measuring:
+            self.sent_in_window += 1
+        self.client.publish(self.topics[seq % len(self.topics)], payload, qos=1)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def pump(self, timeout: float) -> None:
+        sock = self.client.socket()
+        if sock is None:
+            raise SystemExit("load: lost the broker connection")
+        wlist = [sock] if self.client.want_write() else []
+        readable, _, _ = select.select([sock], wlist, [], timeout)
+        if readable:
+            self.client.loop_read()
+        if self.client.want_write():
+            self.client.loop_write()
+
+    def run(self, pids: dict[str, psutil.Process]) -> dict[str, Any]:
+        a = self.args
+        self.client.connect(a.host, a.port, keepalive=60)
+        deadline = time.monotonic() + 10
+        while not self.subscribed:
+            if time.monotonic() > deadline:
+                raise SystemExit("load: could not subscribe")
+            self.pump(0.05)
+        me = psutil.Process()
+        pids = {"load": me, **pids}
+        gc.collect()
+        gc.freeze()  # a full collection would land in the latency figures
+        start = time.perf_counter()
+        measure_at, end_at = start + a.warmup, start + a.warmup + a.duration
+        interval = 1.0 / a.rate
+        next_due, next_misc = start, time.monotonic() + 1
+        if a.mode == "closed":
+            for _ in range(a.outstanding):
+                self.publish()
+        cpu0: dict[str, float] = {}
+        cpu1: dict[str, float] = {}
+        host0 = host1 = 0.0
+        while True:
+            now = time.perf_counter()
+            if not self.measuring and not cpu0 and now >= measure_at:
+                cpu0 = {n: _cpu(p) for n, p in pids.items()}
+                host0 = _host_busy()
+                self.t0, self.measuring = time.perf_counter(), True
+            elif self.measuring and now >= end_at:
+                self.measuring = False
+                self.t1 = time.perf_counter()
+                cpu1 = {n: _cpu(p) for n, p in pids.items()}
+                host1 = _host_busy()
+                break
+            if a.mode == "rate":
+                while next_due <= now:
+                    self.publish()
+                    next_due += interval
+                self.pump(max(0.0, min(next_due, measure_at if not cpu0 else end_at) - now))
+            else:
+                self.pump(min(0.05, max(0.0, (measure_at if not cpu0 else end_at) - now)))
+            if time.monotonic() >= next_misc:
+                self.client.loop_misc()
+                next_misc += 1
+        self.publishing = False
+        self._drain(5.0)
+        self.client.disconnect()
+        report = self._report(cpu0, cpu1)
+        ours = sum(report["cpu_s"].values())
+        report["others_cores"] = (host1 - host0 - ours) / report["elapsed_s"]
+        return report
+
+    def _drain(self, timeout: float) -> None:
+        """Let the last answers arrive, so the next run starts on an idle broker."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.total.answered + self.total.errors >= self.seq:
+                return
+            self.pump(0.05)
+
+    def _report(self, cpu0: dict[str, float], cpu1: dict[str, float]) -> dict[str, Any]:
+        w, elapsed = self.window, self.t1 - self.t0
+        answers = w.answered + w.errors
+        out: dict[str, Any] = {
+            "mode": self.args.mode, "form": self.args.form, "elapsed_s": elapsed,
+            "sent": self.sent_in_window, "answered": w.answered, "errors": w.errors,
+            "rate": w.answered / elapsed, "send_rate": self.sent_in_window / elapsed,
+            "unanswered": self.seq - self.total.answered - self.total.errors,
+            "cpu_s": {n: cpu1[n] - cpu0[n] for n in cpu0},
+            "cpu_us_per_window": {n: (cpu1[n] - cpu0[n]) / max(answers, 1) * 1e6 for n in cpu0},
+        }
+        if w.latencies:
+            lat = sorted(w.latencies)
+            out["latency_ms"] = {q: lat[min(len(lat) - 1, int(len(lat) * f))] * 1000
+                                 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
+            out["latency_samples"] = len(lat)
+        if w.batch_sizes:
+            out["mean_batch"] = sum(w.batch_sizes) / len(w.batch_sizes)
+        if self.device is not None:
+            out["device_busy"] = w.device_busy_s / elapsed
+        return out
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def _host_busy() -> float:
+    """CPU seconds the whole machine spent busy (steal included: a noisy neighbour too)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+                 - getattr(t, "guest_nice", 0.0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    pids = {}
+    for item in args.pid:
+        name, _, pid = item.partition("=")
+        pids[name] = psutil.Process(int(pid))
+    print(json.dumps(Load(args).run(pids)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

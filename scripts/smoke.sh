@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Smoke test of a running deployment (the seed's section 6, against hailo-bridge and the broker):
+#   1. GET  /healthz answers 200 (curl -f), printed with jq;
+#   2. POST /infer with the seed's body (100 rows of 9 zeros) answers 64 latent + 12 motif scores;
+#   3. the same round trip over MQTT: mosquitto_pub -f schemas/examples/window.msgpack to
+#      imu/<sensor>/window, mosquitto_sub on infer/<sensor>/+, and the answer must be a result
+#      with 64 + 12 floats (msgpack or JSON, read with the repo's worker.wire).
+# The seed's jq filter `.latent|length==64 and .motif_scores|length==12` is wrong (jq reads it as
+# `.latent | (length==64 and .motif_scores) | ...`); the parenthesised one below is the fix.
+#
+# Environment: BRIDGE_URL (http://localhost:9000), BRIDGE_TOKEN (sent as a bearer token when set),
+# MQTT_HOST (localhost), MQTT_PORT (1883), MQTT_USERNAME / MQTT_PASSWORD (when the broker needs
+# them), SMOKE_SENSOR (smoke-<pid>), SMOKE_TIMEOUT_S (10), PYTHON (python3).
+# Prints OK when everything passed; otherwise what failed, and exits 1.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+BRIDGE_URL=${BRIDGE_URL:-http://localhost:9000}
+MQTT_HOST=${MQTT_HOST:-localhost}
+MQTT_PORT=${MQTT_PORT:-1883}
+SENSOR=${SMOKE_SENSOR:-smoke-$$}
+TIMEOUT_S=${SMOKE_TIMEOUT_S:-10}
+PYTHON=${PYTHON:-python3}
+WINDOW=schemas/examples/window.msgpack
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+step() { echo "== $*"; }
+
+for tool in curl jq mosquitto_pub mosquitto_sub "$PYTHON"; do
+    command -v "$tool" >/dev/null || fail "$tool is not installed"
+done
+auth=()
+[ -n "${BRIDGE_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $BRIDGE_TOKEN")
+mqtt=(-h "$MQTT_HOST" -p "$MQTT_PORT")
+[ -n "${MQTT_USERNAME:-}" ] && mqtt+=(-u "$MQTT_USERNAME")
+[ -n "${MQTT_PASSWORD:-}" ] && mqtt+=(-P "$MQTT_PASSWORD")
+
+step "health: GET $BRIDGE_URL/healthz"
+curl -sSf --max-time "$TIMEOUT_S" "$BRIDGE_URL/healthz" | jq . \
+    || fail "/healthz did not answer 200 (no worker online, or the bridge is down)"
+
+step "contract: POST $BRIDGE_URL/infer (latent=64, motifs=12)"
+payload=$("$PYTHON" - <<'PY'
+import json; print(json.dumps({"x":[[0.0]*9 for _ in range(100)]}))
+PY
+)
+curl -sSf --max-time "$TIMEOUT_S" -X POST "$BRIDGE_URL/infer" "${auth[@]}" \
+    -H 'Content-Type: application/json' -d "$payload" \
+    | jq -e '(.latent|length==64) and (.motif_scores|length==12)' >/dev/null \
+    || fail "/infer did not answer 200 with 64 latent floats and 12 motif scores"
+echo "ok"
+
+step "mqtt: $WINDOW to imu/$SENSOR/window on $MQTT_HOST:$MQTT_PORT"
+[ -f "$WINDOW" ] || fail "$WINDOW is missing"
+out=$(mktemp)
+trap 'rm -f "$out"; [ -n "${sub:-}" ] && kill "$sub" 2>/dev/null' EXIT
+# Topic and hex payload on one line: results are msgpack by default, binary.
+mosquitto_sub "${mqtt[@]}" -q 1 -t "infer/$SENSOR/+" -C 1 -W "$TIMEOUT_S" -F '%t %x' >"$out" &
+sub=$!
+# mosquitto_sub cannot say when it has subscribed: publish again every second until it has an
+# answer (a second answer is harmless, it exits after the first).
+for _ in $(seq "$TIMEOUT_S"); do
+    sleep 1
+    [ -s "$out" ] && break
+    mosquitto_pub "${mqtt[@]}" -q 1 -t "imu/$SENSOR/window" -f "$WINDOW" \
+        || fail "mosquitto_pub could not publish to $MQTT_HOST:$MQTT_PORT"
+done
+wait "$sub" 2>/dev/null
+sub=
+[ -s "$out" ] || fail "no answer on infer/$SENSOR/+ within ${TIMEOUT_S} s"
+read -r topic hex <"$out"
+[ "$topic" = "infer/$SENSOR/result" ] || fail "answer on $topic, not infer/$SENSOR/result"
+"$PYTHON" - "$hex" <<'PY' || fail "the MQTT result is not 64 latent floats + 12 motif scores"
+import sys
+from worker import wire
+doc = wire.decode(bytes.fromhex(sys.argv[1]))
+ok = all(len(doc.get(k, [])) == n and all(isinstance(v, float) for v in doc[k])
+         for k, n in (("latent", 64), ("motif_scores", 12)))
+print(f"result from {doc.get('worker_id')} ({doc.get('model')}), seq {doc.get('seq')}")
+sys.exit(0 if ok else 1)
+PY
+echo "OK"

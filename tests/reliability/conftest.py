@@ -1,0 +1,35 @@
+"""Reliability fixtures: the exactly-once ledger and publishing sensors, on the test broker.
+
+`broker`, `collector` and `start_worker` come from tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from reliability.accounting import Ledger, Sensors
+
+
+@pytest.fixture
+def ledger(broker: Any) -> Iterator[Ledger]:
+    led = Ledger(broker.port, ignore=["bridge"])  # the HTTP bridge's own sensor id
+    yield led
+    led.close()
+
+
+@pytest.fixture
+def sensors(broker: Any, ledger: Ledger) -> Iterator[Callable[..., Sensors]]:
+    """`sensors(names, protocol=...)` -> a Sensors publisher, closed at the end of the test."""
+    made: list[Sensors] = []
+
+    def make(names: list[str], **kwargs: Any) -> Sensors:
+        s = Sensors(broker.port, ledger, names, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()

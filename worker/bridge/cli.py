@@ -1,0 +1,85 @@
+"""`hailo-bridge`: the HTTP sidecar's command line (FastAPI served by uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from pydantic_settings import BaseSettings
+
+from worker import __version__
+from worker.logs import configure
+from worker.settings import BridgeSettings, ConfigError, fail, load_or_exit, masked
+
+PROG = "hailo-bridge"
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def settings_help(cls: type[BaseSettings]) -> str:
+    lines = ["settings (environment variables, or a .env file):"]
+    for name, field in cls.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        lines.append(f"  {name.upper():<22} default {default!s:<28} {field.description or ''}")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve GET /healthz, POST /infer and GET /metrics over HTTP (OpenAPI at "
+        "/docs) for clients of the old sidecar, answering /infer through the workers over "
+        "MQTT: the window goes to imu/bridge/window, the answer comes back on "
+        "reply/<client id>/.",
+        epilog=settings_help(BridgeSettings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings (secrets masked) and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = load_or_exit(BridgeSettings, PROG)
+    if args.print_config:
+        print(json.dumps(masked(settings), indent=2, default=str))
+        return 0
+    configure(settings.log_level, settings.log_format)
+
+    # Imported here so that --help and --print-config stay quick.
+    import uvicorn
+
+    from worker.bridge.app import create_app
+    from worker.bridge.mqtt import BridgeMqtt
+
+    try:
+        bridge = BridgeMqtt(settings)
+    except ConfigError as exc:
+        fail(PROG, str(exc))
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    # handlers it found: with these the process exits 0 after a clean stop, as the worker does.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped)
+    uvicorn.run(
+        create_app(settings, bridge),
+        host=settings.bridge_host,
+        port=settings.bridge_port,
+        log_config=None,  # our handlers (LOG_FORMAT) take uvicorn's records too
+        access_log=settings.log_level == "DEBUG",
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    return 0
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
