@@ -9,10 +9,10 @@ overflows. `rate` (steady): publishes on a fixed schedule and, with --latency, m
 window's round trip (send to answer, one clock, this process). `--echo` subscribes to its own
 windows, with nothing in between: the publisher's (and broker's) own ceiling.
 
-It is built not to be the bottleneck: one thread driving paho's external-loop API (no
-network thread, no wake-up socket pair), payloads pre-encoded with only `seq` and `ts`
-patched in, answers counted without decoding unless a figure needs them, paho's in-flight
-limit off (the outstanding count bounds it, so paho never rescans its queue).
+It is built not to be the bottleneck, since it shares the cores with what it measures: a
+minimal MQTT client (rawmqtt.py) driven by one `select` loop, payloads pre-encoded with only
+`seq` and `ts` patched in, answers counted without decoding unless a figure needs them. Its
+own CPU per window is reported with the others; `--echo` gives its ceiling.
 
 CPU time of the processes named by --pid (user + system, all threads) is sampled at the
 start and end of the measured interval. One JSON object is printed on stdout.
@@ -25,7 +25,6 @@ import gc
 import json
 import math
 import select
-import socket
 import struct
 import sys
 import time
@@ -35,9 +34,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
+from rawmqtt import RawClient
 
 SEQ = struct.Struct(">I")
 TS = struct.Struct(">d")
@@ -103,7 +101,7 @@ class Load:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.parts = payload_parts(args.form, np.random.default_rng(7))
-        self.topics = [f"imu/load-{i}/window" for i in range(args.sensors)]
+        self.topics = [RawClient.topic_field(f"imu/load-{i}/window") for i in range(args.sensors)]
         self.decode = bool(args.latency or args.device)
         self.device: tuple[float, float] | None = None
         if args.device:
@@ -112,51 +110,31 @@ class Load:
         self.seq = 0
         self.sent_at: dict[int, float] = {}
         self.measuring = False
-        self.publishing = True
         self.t0 = self.t1 = math.inf  # the measured interval, once known
         self.total = Tally()
         self.window = Tally()  # answers that arrived in the measured interval
         self.sent_in_window = 0
-        self.subscribed = False
-        client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                             client_id=f"bench-load-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv5)
-        client.max_inflight_messages_set(0)
-        client.on_socket_open = lambda c, u, sock: sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self.client = client
+        self.client = RawClient(args.host, args.port, f"bench-load-{uuid.uuid4().hex[:8]}")
+        self.client.subscribe(["imu/+/window"] if args.echo
+                              else ["infer/+/result", "infer/+/error"])
 
-    # -- paho callbacks (all on this one thread) ----------------------------------------------
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    props: Any) -> None:
-        if self.args.echo:
-            client.subscribe("imu/+/window", qos=1)
-        else:
-            client.subscribe([("infer/+/result", 1), ("infer/+/error", 1)])
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
-                      props: Any) -> None:
-        self.subscribed = True
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def receive(self) -> int:
+        """Handle what the broker sent; returns how many answers came."""
+        messages = self.client.read()
         now = time.perf_counter()
         tallies = (self.total, self.window) if self.measuring else (self.total,)
-        if msg.topic.endswith("/error"):
+        for topic, payload in messages:
+            error = topic.endswith(b"/error")
             for t in tallies:
-                t.errors += 1
-        else:
-            for t in tallies:
-                t.answered += 1
-        if self.decode:
-            self._timed(msg.payload, now)
-        if self.args.mode == "closed" and self.publishing:
-            self.publish()
+                if error:
+                    t.errors += 1
+                else:
+                    t.answered += 1
+            if self.decode:
+                self._timed(payload, now)
+        return len(messages)
 
-    def _timed(self, payload: bytes, now: float) -> None:
+    def _timed(self, payload: memoryview, now: float) -> None:
         doc = msgpack.unpackb(payload, raw=False)
         sent = self.sent_at.pop(doc.get("seq"), None)
         w = self.window
@@ -177,43 +155,32 @@ class Load:
         self.seq += 1
         head, middle, tail = self.parts[seq % TEMPLATES]
         payload = b"".join((head, SEQ.pack(seq & 0xFFFFFFFF), middle, TS.pack(time.time()), tail))
-        now = time.perf_counter()
         if self.decode:
-            self.sent_at[seq] = now
+            self.sent_at[seq] = time.perf_counter()
         if self.measuring:
             self.sent_in_window += 1
-        self.client.publish(self.topics[seq % len(self.topics)], payload, qos=1)
+        self.client.publish(self.topics[seq % len(self.topics)], payload)
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def pump(self, timeout: float) -> None:
-        sock = self.client.socket()
-        if sock is None:
-            raise SystemExit("load: lost the broker connection")
-        wlist = [sock] if self.client.want_write() else []
-        readable, _, _ = select.select([sock], wlist, [], timeout)
-        if readable:
-            self.client.loop_read()
-        if self.client.want_write():
-            self.client.loop_write()
+    def pump(self, timeout: float) -> int:
+        c = self.client
+        readable, _, _ = select.select([c], [c] if c.want_write() else [], [], timeout)
+        answers = self.receive() if readable else 0
+        c.flush()
+        return answers
 
     def run(self, pids: dict[str, psutil.Process]) -> dict[str, Any]:
         a = self.args
-        self.client.connect(a.host, a.port, keepalive=60)
-        deadline = time.monotonic() + 10
-        while not self.subscribed:
-            if time.monotonic() > deadline:
-                raise SystemExit("load: could not subscribe")
-            self.pump(0.05)
-        me = psutil.Process()
-        pids = {"load": me, **pids}
+        pids = {"load": psutil.Process(), **pids}
         gc.collect()
         gc.freeze()  # a full collection would land in the latency figures
         start = time.perf_counter()
         measure_at, end_at = start + a.warmup, start + a.warmup + a.duration
         interval = 1.0 / a.rate
-        next_due, next_misc = start, time.monotonic() + 1
-        if a.mode == "closed":
+        next_due = start
+        closed = a.mode == "closed"
+        if closed:
             for _ in range(a.outstanding):
                 self.publish()
         cpu0: dict[str, float] = {}
@@ -221,32 +188,28 @@ class Load:
         host0 = host1 = 0.0
         while True:
             now = time.perf_counter()
-            if not self.measuring and not cpu0 and now >= measure_at:
-                cpu0 = {n: _cpu(p) for n, p in pids.items()}
-                host0 = _host_busy()
+            if not cpu0 and now >= measure_at:
+                cpu0, host0 = {n: _cpu(p) for n, p in pids.items()}, _host_busy()
                 self.t0, self.measuring = time.perf_counter(), True
             elif self.measuring and now >= end_at:
-                self.measuring = False
-                self.t1 = time.perf_counter()
-                cpu1 = {n: _cpu(p) for n, p in pids.items()}
-                host1 = _host_busy()
+                self.measuring, self.t1 = False, time.perf_counter()
+                cpu1, host1 = {n: _cpu(p) for n, p in pids.items()}, _host_busy()
                 break
-            if a.mode == "rate":
+            boundary = end_at if cpu0 else measure_at
+            if closed:
+                for _ in range(self.pump(min(0.05, max(0.0, boundary - now)))):
+                    self.publish()
+            else:
                 while next_due <= now:
                     self.publish()
                     next_due += interval
-                self.pump(max(0.0, min(next_due, measure_at if not cpu0 else end_at) - now))
-            else:
-                self.pump(min(0.05, max(0.0, (measure_at if not cpu0 else end_at) - now)))
-            if time.monotonic() >= next_misc:
-                self.client.loop_misc()
-                next_misc += 1
-        self.publishing = False
+                self.client.flush()
+                self.pump(max(0.0, min(next_due, boundary) - now))
         self._drain(5.0)
-        self.client.disconnect()
+        self.client.close()
         report = self._report(cpu0, cpu1)
-        ours = sum(report["cpu_s"].values())
-        report["others_cores"] = (host1 - host0 - ours) / report["elapsed_s"]
+        report["others_cores"] = (host1 - host0 - sum(report["cpu_s"].values())) / (
+            report["elapsed_s"])
         return report
 
     def _drain(self, timeout: float) -> None:

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell functions shared by scripts/docker_ci.sh and scripts/build_arm64.sh (source it; bash).
 #
 # They make a machine with nothing but Debian's packages able to build and run the images:

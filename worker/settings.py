@@ -67,6 +67,12 @@ class WorkerSettings(CommonSettings):
     hef_sha256_file: Path | None = Field(
         None, description="Checksum list; default hef_sha256sum.txt beside HEF_PATH."
     )
+    hailo_latent_output: str | None = Field(
+        None, description="HEF output holding the latent (default: the one of LATENT_DIM values)."
+    )
+    hailo_motif_output: str | None = Field(
+        None, description="HEF output holding the motif scores (default: by NUM_MOTIFS)."
+    )
     onnx_path: Path = Field(REFERENCE_ONNX, description="ONNX model for the cpu backend.")
     num_motifs: int = Field(12, ge=1, le=4096)
     latent_dim: int = Field(64, ge=1, le=65536)

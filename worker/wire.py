@@ -105,12 +105,24 @@ def _from_lists(x: list[Any], length: int, channels: int, seq: int | None) -> Fl
         )
     try:
         arr = np.array(x)
+        if arr.dtype.kind == "O":
+            # JSON integers past 64 bits reach numpy as Python ints: numbers, only too big.
+            arr = np.array([[_big_number(v) for v in row] for row in x])
     except (ValueError, TypeError, OverflowError):
         raise WireError("invalid_dtype", "`x` must hold only numbers.", seq) from None
     if arr.dtype.kind not in "iuf" or arr.shape != (length, channels):
         raise WireError("invalid_dtype", "`x` must hold only numbers.", seq)
     with np.errstate(over="ignore"):
         return arr.astype(np.float32)
+
+
+def _big_number(value: Any) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(type(value).__name__)
+    try:
+        return float(value)
+    except OverflowError:  # past a double as well: the non_finite check below says so
+        return math.inf
 
 
 def decode_window(payload: bytes | bytearray, length: int, channels: int) -> Window:

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reliability.accounting import Ledger, Sensors
+from reliability.double import make_hef
 
 
 @pytest.fixture
@@ -33,3 +35,9 @@ def sensors(broker: Any, ledger: Ledger) -> Iterator[Callable[..., Sensors]]:
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def hef(tmp_path: Path) -> Path:
+    """A HEF of the reference model for the HailoRT test double."""
+    return make_hef(tmp_path / "tcn_encoder.hef")

@@ -171,7 +171,10 @@ class HailoBackend:
     def __init__(self, settings: WorkerSettings) -> None:
         self._rt = import_hailort()
         self.hef_path = settings.hef_path
-        self._hef_bytes = settings.hef_path.read_bytes()
+        try:
+            self._hef_bytes = settings.hef_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"HEF_PATH: cannot read {settings.hef_path}: {exc}") from exc
         self.hef_sha256 = verify_hef(settings.hef_path, settings.hef_sha256_file,
                                      data=self._hef_bytes)
         self.layout = read_layout(self._rt, settings, self._hef_bytes)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from worker import __version__, wire
 from worker.bridge.metrics import BridgeMetrics, MetricsMiddleware
@@ -96,7 +95,7 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> HttpError:
                      "(BRIDGE_MAX_BODY_BYTES).")
 
 
-def answer(payload: bytes, latent_dim: int, num_motifs: int) -> Response:
+def answer(payload: bytes, result: type[BaseModel]) -> Response:
     """A worker's reply as the HTTP answer: the result, or its error mapped to a status."""
     try:
         doc = wire.decode(payload)
@@ -112,32 +111,21 @@ def answer(payload: bytes, latent_dim: int, num_motifs: int) -> Response:
         raise HttpError(status, str(code),
                         detail if isinstance(detail, str) else f"The worker answered {code}.",
                         headers)
-    latent, motifs = doc.get("latent"), doc.get("motif_scores")
-    model, worker_id = doc.get("model"), doc.get("worker_id")
-    if not (_floats(latent, latent_dim) and _floats(motifs, num_motifs)
-            and isinstance(model, str) and isinstance(worker_id, str)):
-        raise HttpError(502, "bad_reply",
-                        f"The worker's result does not hold {latent_dim} latent floats, "
-                        f"{num_motifs} motif scores, a model and a worker id.")
-    body = {"latent": latent, "motif_scores": motifs, "model": model, "worker_id": worker_id}
     try:
-        content = json.dumps(body, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        raise HttpError(502, "bad_reply", "The worker's result holds NaN or infinity.") from None
-    return Response(content, media_type="application/json")
-
-
-def _floats(value: object, n: int) -> bool:
-    return (isinstance(value, list) and len(value) == n
-            and all(isinstance(v, float | int) and not isinstance(v, bool) for v in value))
+        checked = result.model_validate(doc)
+    except ValidationError as exc:
+        detail, _ = describe_invalid(exc)
+        raise HttpError(502, "bad_reply", f"The worker's result is not as expected: {detail}"
+                        ) from None
+    return Response(checked.model_dump_json(), media_type="application/json")
 
 
 def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
     """The bridge's ASGI app; its lifespan starts and stops `bridge`."""
     metrics: BridgeMetrics = bridge.metrics
     length, channels = settings.window_length, settings.channels
-    latent_dim, num_motifs = settings.latent_dim, settings.num_motifs
     body_model = request_model(length, channels)
+    result = result_model(settings.latent_dim, settings.num_motifs)
     timeout_s = settings.bridge_timeout_ms / 1000
     limit = settings.bridge_max_body_bytes
 
@@ -187,7 +175,7 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         "/infer",
         dependencies=dependencies,
         responses={
-            200: {"model": result_model(latent_dim, num_motifs),
+            200: {"model": result,
                   "description": "The worker's result."},
             **_error_responses(*auth_statuses, 413, 422, 502, 503, 504),
         },
@@ -201,8 +189,10 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         try:
             rows = body_model.model_validate_json(raw).x
         except ValidationError as exc:
-            detail, errors = describe_invalid(exc, length, channels)
-            raise HttpError(422, "invalid_body", detail, errors=errors) from None
+            detail, errors = describe_invalid(exc)
+            raise HttpError(422, "invalid_body", f"{detail}. The body must be "
+                            f'{{"x": [{length} rows of {channels} numbers]}}.',
+                            errors=errors) from None
         window = wire.encode_window(np.array(rows, dtype=np.float32))
         started = asyncio.get_running_loop().time()
         try:
@@ -215,7 +205,7 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
                             f"{settings.bridge_timeout_ms} ms (BRIDGE_TIMEOUT_MS).") from None
         metrics.worker_seconds.observe(asyncio.get_running_loop().time() - started)
         try:
-            return answer(payload, latent_dim, num_motifs)
+            return answer(payload, result)
         except HttpError as exc:
             metrics.worker_errors.labels(exc.code).inc()
             raise

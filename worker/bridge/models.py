@@ -31,12 +31,15 @@ def request_model(length: int, channels: int) -> type[WindowBody]:
 
 
 def result_model(latent_dim: int, num_motifs: int) -> type[BaseModel]:
+    """The 200 answer; it also checks a worker's result on its way out (extra keys dropped)."""
+    number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
     return create_model(
         "InferResult",
-        latent=(list[float], Field(min_length=latent_dim, max_length=latent_dim,
-                                   description=f"{latent_dim} floats.")),
-        motif_scores=(list[float], Field(min_length=num_motifs, max_length=num_motifs,
-                                         description=f"{num_motifs} floats.")),
+        latent=(Annotated[list[number], Field(min_length=latent_dim, max_length=latent_dim)],
+                Field(description=f"{latent_dim} floats.")),
+        motif_scores=(Annotated[list[number], Field(min_length=num_motifs,
+                                                    max_length=num_motifs)],
+                      Field(description=f"{num_motifs} floats.")),
         model=(str, Field(description="The model that answered.")),
         worker_id=(str, Field(description="The worker that answered.")),
     )
@@ -61,8 +64,7 @@ class HealthBody(BaseModel):
         "every known worker with 503.")
 
 
-def describe_invalid(exc: ValidationError, length: int, channels: int
-                     ) -> tuple[str, list[dict[str, Any]]]:
+def describe_invalid(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
     """One sentence naming the first problem, and the first few problems as a list."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     listed = []
@@ -73,9 +75,7 @@ def describe_invalid(exc: ValidationError, length: int, channels: int
         listed.append({"loc": _where(err["loc"]), "msg": msg, "type": err["type"]})
     first = listed[0]
     more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    detail = (f"{first['loc']}: {first['msg']}{more}. The body must be "
-              f'{{"x": [{length} rows of {channels} numbers]}}.')
-    return detail, listed
+    return f"{first['loc']}: {first['msg']}{more}", listed
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
-import os
 import re
 import secrets
 import socket
@@ -171,6 +171,10 @@ class BridgeMqtt:
         self._sync_topic = f"reply/{self.client_id}/sync"
         self._workers: dict[str, WorkerSeen] = {}
         self._pending: dict[bytes, Pending] = {}
+        # Fresh correlation data without a syscall per request: unique to this process (a
+        # random prefix) and to the request (a counter); the replies come to our topic only.
+        self._correlation_prefix = secrets.token_bytes(8)
+        self._sequence = itertools.count()
         self._generation = 0
         self._synced = threading.Event()
         self.link = MqttLink(
@@ -231,7 +235,7 @@ class BridgeMqtt:
             raise NoWorker(self.health().reason or "no worker is online")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        correlation = os.urandom(16)
+        correlation = self._correlation_prefix + next(self._sequence).to_bytes(8, "big")
         # Registered before the publish: a fast answer must find its future.
         self._pending[correlation] = (loop, future)
         try:
