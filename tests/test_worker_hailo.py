@@ -20,8 +20,8 @@ from worker.settings import REFERENCE_ONNX
 from worker.wire import encode_window
 
 sys.path.insert(0, str(HAILO_DOUBLE))
-import make_hef  # noqa: E402
-from hailo_platform._double import read_log, write_control  # noqa: E402
+import make_hef
+from hailo_platform._double import read_log, write_control
 
 sys.path.remove(str(HAILO_DOUBLE))
 
