@@ -64,7 +64,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @contextmanager
-def services(workdir: Path) -> Iterator[tuple[int, str, int]]:
+def services(workdir: Path, worker_env: dict[str, str]) -> Iterator[tuple[int, str, int]]:
     """Mosquitto, a stub worker and the bridge; yields (mqtt port, bridge URL, bridge pid)."""
     mqtt_port, http_port = free_port(), free_port()
     conf = re.sub(r"^listener \d+.*$", f"listener {mqtt_port} 127.0.0.1",
@@ -84,7 +84,8 @@ def services(workdir: Path) -> Iterator[tuple[int, str, int]]:
         spawn("mosquitto", [mosquitto, "-c", str(workdir / "mosquitto.conf")], {})
         wait_for(lambda: _listens(mqtt_port), 10, "mosquitto")
         spawn("worker", [sys.executable, "-m", "worker"],
-              {"INFER_MODE": "stub", "WORKER_ID": "bench-worker", "METRICS_PORT": "0"})
+              {"INFER_MODE": "stub", "WORKER_ID": "bench-worker", "METRICS_PORT": "0",
+               **worker_env})
         spawn("bridge", [sys.executable, "-m", "worker.bridge.cli"],
               {"BRIDGE_HOST": "127.0.0.1", "BRIDGE_PORT": str(http_port)})
         url = f"http://127.0.0.1:{http_port}"
@@ -256,12 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured time per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time per run")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--batch-max-wait-ms", type=float,
+                        help="the worker's BATCH_MAX_WAIT_MS (default: its own, 5): a lone "
+                        "window waits this long for company, in both paths alike")
     args = parser.parse_args(argv)
+    worker_env = {}
+    if args.batch_max_wait_ms is not None:
+        worker_env["BATCH_MAX_WAIT_MS"] = str(args.batch_max_wait_ms)
 
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp, services(Path(tmp)) as (
-            mqtt_port, url, bridge_pid):
-        print(f"stub worker + bridge + mosquitto on this machine ({os.cpu_count()} cores); "
-              f"{args.seconds:g} s per run after {args.warmup:g} s warm-up")
+    with (tempfile.TemporaryDirectory(prefix="bench-bridge-") as tmp,
+          services(Path(tmp), worker_env) as (mqtt_port, url, bridge_pid)):
+        wait = worker_env.get("BATCH_MAX_WAIT_MS", "default")
+        print(f"stub worker (BATCH_MAX_WAIT_MS {wait}) + bridge + mosquitto on this machine "
+              f"({os.cpu_count()} cores); {args.seconds:g} s per run after {args.warmup:g} s "
+              "warm-up")
         print(f"{'path':<5} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'failures':>8}")
         added = []

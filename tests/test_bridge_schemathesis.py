@@ -10,14 +10,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-
-import httpx  # noqa: E402
-from broker_util import start_broker  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
-from support import REPO, BridgeProcess, WorkerProcess, wait_until  # noqa: E402
+import schemathesis  # the dev extra: schemathesis>=4
+from broker_util import start_broker
+from hypothesis import HealthCheck, settings
+from support import REPO, BridgeProcess, WorkerProcess, wait_until
 
 MAX_EXAMPLES = 50
 

@@ -175,7 +175,9 @@ class BridgeSettings(CommonSettings):
         262_144, ge=1024, le=64 * 1024 * 1024, description="Larger /infer bodies get 413."
     )
     bridge_client_id: str | None = Field(
-        None, description="MQTT client id; default bridge-<host>-<random>, unique per process."
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT client id; default bridge-<host>-<random>, unique per process."
     )
     status_interval_s: float = Field(
         10.0, gt=0, le=86_400, description="Workers' STATUS_INTERVAL_S: fresh = 3x this."

@@ -406,6 +406,10 @@ class Sensors:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout: float = 60) -> None:
         """Wait for a run started with a duration to end."""
         if self._thread is not None:

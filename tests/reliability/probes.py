@@ -1,4 +1,4 @@
-"""Watching a process from outside: resident memory and open file descriptors over time."""
+"""Watching from outside: a process's memory and descriptors, and the bridge's /infer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import psutil
 
 MiB = 1024 * 1024
@@ -76,3 +77,34 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
+
+
+SEED_BODY = {"x": [[0.0] * 9 for _ in range(100)]}
+
+
+class HttpProbe:
+    """POSTs the seed's /infer body to the bridge every `interval_s` and keeps (time, status)."""
+
+    def __init__(self, url: str, interval_s: float = 0.1) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.seen: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    code = http.post(f"{self.url}/infer", json=SEED_BODY).status_code
+                except httpx.HTTPError:
+                    code = 0
+                self.seen.append((time.monotonic(), code))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def first_ok_after(self, t: float) -> float | None:
+        return next((at for at, code in self.seen if at > t and code == 200), None)

@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from broker_util import Broker
 from support import BridgeProcess, Collector, WorkerProcess, wait_until
 
 from reliability.accounting import Key, Ledger, Sensors
 from reliability.brokers import start_persistent_broker
+from reliability.probes import HttpProbe
 
 DOWN_S = 2.0
-SEED_BODY = {"x": [[0.0] * 9 for _ in range(100)]}
-
-
-class HttpProbe:
-    """POSTs the seed's /infer body to the bridge every 0.1 s and keeps (time, status)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=5) as http:
-            while not self._stop.wait(0.1):
-                try:
-                    code = http.post(f"{self.url}/infer", json=SEED_BODY).status_code
-                except httpx.HTTPError:
-                    code = 0
-                self.seen.append((time.monotonic(), code))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def first_ok_after(self, t: float) -> float | None:
-        return next((at for at, code in self.seen if at > t and code == 200), None)
 
 
 @pytest.fixture

@@ -207,7 +207,8 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         try:
             return answer(payload, result)
         except HttpError as exc:
-            metrics.worker_errors.labels(exc.code).inc()
+            known = exc.code in WORKER_ERROR_STATUS or exc.code == "bad_reply"
+            metrics.worker_errors.labels(exc.code if known else "other").inc()
             raise
 
     @app.get("/metrics", response_class=PlainTextResponse)

@@ -53,7 +53,9 @@ class ErrorBody(BaseModel):
 
 class InvalidBody(ErrorBody):
     errors: list[dict[str, Any]] = Field(
-        description=f"Where the body is wrong (the first {MAX_LISTED_ERRORS} problems).")
+        default_factory=list,
+        description=f"Where the body is wrong (the first {MAX_LISTED_ERRORS} problems); "
+        "absent when a worker found the window wrong.")
 
 
 class HealthBody(BaseModel):

@@ -168,7 +168,7 @@ class BridgeMqtt:
         self.fresh_s = 3 * settings.status_interval_s
         self.reply_topic = f"reply/{self.client_id}/infer"
         self._reply_prefix = f"reply/{self.client_id}/"
-        self._sync_topic = f"reply/{self.client_id}/sync"
+        self._sync_topic = f"reply/{self.client_id}/sync"  # never subscribed: see _on_connected
         self._workers: dict[str, WorkerSeen] = {}
         self._pending: dict[bytes, Pending] = {}
         # Fresh correlation data without a syscall per request: unique to this process (a
@@ -188,6 +188,8 @@ class BridgeMqtt:
             on_disconnected=self._on_disconnected,
             logger=log,
         )
+        self._sync_mid: int | None = None
+        self.link.client.on_unsubscribe = self._on_unsubscribe
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -258,12 +260,12 @@ class BridgeMqtt:
     # -- paho's network thread ---------------------------------------------------------------
 
     def _on_connected(self) -> None:
-        # The broker sends the retained statuses right after the SUBACK, and anything published
-        # after our SUBSCRIBE reaches us after them: our own marker coming back means the table
-        # is complete, and entries from before this connection that were not resent are gone.
+        # The broker queues the retained statuses for us while it handles our SUBSCRIBE, before
+        # it reads our next packet: the answer to a later UNSUBSCRIBE (of a filter we never had:
+        # no ACL needed, nothing published) comes after them. When it arrives the table is
+        # complete, and entries from before this connection that were not resent are gone.
         self._generation += 1
-        self.link.publish(self._sync_topic, b"sync", qos=1,
-                          props=properties(correlation_data=str(self._generation).encode()))
+        _, self._sync_mid = self.link.client.unsubscribe(self._sync_topic)
 
     def _on_disconnected(self, reason: str) -> None:
         self._fail_pending(BrokerDown(f"lost the broker connection: {reason}"))
@@ -277,15 +279,17 @@ class BridgeMqtt:
         except Exception:  # nothing another client publishes may take the network thread down
             log.exception("unexpected failure on a message on %s", msg.topic)
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                        props: Any) -> None:
+        if mid != self._sync_mid:
+            return
+        for worker_id, seen in list(self._workers.items()):
+            if seen.generation < self._generation:
+                self._workers.pop(worker_id, None)
+        self._synced.set()
+
     def _on_reply(self, msg: mqtt.MQTTMessage) -> None:
         correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
-        if msg.topic == self._sync_topic:
-            if correlation == str(self._generation).encode():
-                for worker_id, seen in list(self._workers.items()):
-                    if seen.generation < self._generation:
-                        self._workers.pop(worker_id, None)
-                self._synced.set()
-            return
         if correlation is None:
             log.debug("ignoring a reply without CorrelationData on %s", msg.topic)
             return
@@ -315,4 +319,8 @@ class BridgeMqtt:
             # Delivered from the broker's store: it may be hours old. A live one is fresh now,
             # whatever the worker's clock says.
             seen_at -= retained_age(doc, time.time())
-        self._workers[worker_id] = WorkerSeen(doc, seen_at, self._generation)
+        before = self._workers.get(worker_id)
+        self._workers[worker_id] = seen = WorkerSeen(doc, seen_at, self._generation)
+        if before is None or before.state != seen.state:
+            log.info("worker %s is %s%s", worker_id, seen.state,
+                     f" ({doc['detail']})" if isinstance(doc.get("detail"), str) else "")
