@@ -77,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
                    "(repeatable; default 1,0.1 and 4,0.4)")
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra setting for every worker run (repeatable)")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter for the worker (e.g. one with a patched worker on its path)")
+    p.add_argument("--candidate", action="append", default=[], metavar="NAME=DIR",
+                   help="also run the worker package found in DIR (a patched copy: DIR/worker), "
+                   "alternating with the others, shown as `worker NAME` (repeatable)")
     p.add_argument("--quiet-cores", type=float, default=0.5,
                    help="before each run, wait until other processes use less than this many "
                    "cores (0.5)")
@@ -160,17 +161,20 @@ class Bench:
             _stop(proc)
 
     @contextmanager
-    def worker(self, **settings: str) -> Iterator[subprocess.Popen[str]]:
+    def worker(self, variant: str = "", **settings: str) -> Iterator[subprocess.Popen[str]]:
         worker_id = f"bench-{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(self.broker.port),
                "WORKER_ID": worker_id, "METRICS_PORT": "0", **settings}
-        for item in self.args.worker_env:
+        extra = list(self.args.worker_env)
+        if variant:
+            extra.append(f"PYTHONPATH={dict(_candidates(self.args))[variant]}")
+        for item in extra:
             name, value = item.split("=", 1)
             if name == "PYTHONPATH" and env.get(name):  # a patched worker and the double
                 value = os.pathsep.join((value, env[name]))
             env[name] = value
         log = (self.workdir / f"{worker_id}.log").open("w")
-        proc = subprocess.Popen([self.args.python, "-m", "worker"], env=env, cwd=self.workdir,
+        proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=self.workdir,
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             if not self.watch.wait(worker_id, "online", 30):
@@ -253,8 +257,13 @@ def _summary(run: dict[str, Any]) -> str:
 # -- the schedule -------------------------------------------------------------------------------
 
 
+def _candidates(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(n, str(Path(d).resolve())) for n, d in (c.split("=", 1) for c in args.candidate)]
+
+
 def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
     a = bench.args
+    variants = ["", *(name for name, _ in _candidates(a))]
     if scenarios & {"ceiling", "worker"}:
         print("throughput (saturating publisher; relay and worker alternate):", file=sys.stderr)
         for rep in range(a.repeats):
@@ -267,31 +276,35 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
                     bench.settle()
                     with bench.relay() as relay:
                         bench.load("relay", form, relay)
-                if "worker" in scenarios:
+                for v in variants if "worker" in scenarios else []:
                     bench.settle()
-                    with bench.worker() as worker:
-                        bench.load("worker", form, worker)
-    heavy = {f: _median(bench.runs, "worker", f, "rate") * a.load_fraction for f in forms}
+                    with bench.worker(v) as worker:
+                        bench.load(_kind("worker", v), form, worker)
     if scenarios & {"latency", "device"}:
         print("latency (steady publisher) and device-bound (saturating):", file=sys.stderr)
         for rep in range(a.repeats):
             print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
-            if "latency" in scenarios:
+            for v in variants if "latency" in scenarios else []:
                 for form in forms:
-                    rates = [("light", a.light_rate)]
-                    if heavy[form] == heavy[form]:  # NaN when the worker's capacity is unknown
-                        rates.append(("heavy", heavy[form]))
+                    capacity = _median(bench.runs, _kind("worker", v), form, "rate")
+                    rates = [("light", a.light_rate), ("heavy", capacity * a.load_fraction)]
                     for name, rate in rates:
+                        if rate != rate:  # NaN: the worker's capacity was not measured
+                            continue
                         bench.settle()
-                        with bench.worker() as worker:
-                            bench.load(f"latency-{name}", form, worker, "--mode", "rate",
-                                       "--rate", f"{rate:.0f}", "--latency")
-            if "device" in scenarios:
+                        with bench.worker(v) as worker:
+                            bench.load(_kind(f"latency-{name}", v), form, worker, "--mode",
+                                       "rate", "--rate", f"{rate:.0f}", "--latency")
+            for v in variants if "device" in scenarios else []:
                 for ms, per_frame in devices(a):
                     bench.settle()
-                    with bench.worker(**bench.hailo_settings(ms, per_frame)) as worker:
-                        bench.load(f"device {ms:g}+{per_frame:g}", "bin", worker, "--device",
-                                   f"{ms},{per_frame}")
+                    with bench.worker(v, **bench.hailo_settings(ms, per_frame)) as worker:
+                        bench.load(_kind(f"device {ms:g}+{per_frame:g}", v), "bin", worker,
+                                   "--device", f"{ms},{per_frame}")
+
+
+def _kind(kind: str, variant: str) -> str:
+    return f"{kind} [{variant}]" if variant else kind
 
 
 def _batch_size(args: argparse.Namespace) -> int:
@@ -329,81 +342,92 @@ def _lat(q: str) -> Callable[[dict[str, Any]], float]:
 
 def table(bench: Bench, forms: list[str]) -> str:
     a, runs = bench.args, bench.runs
-    rows = [f"{'run':<34}{'windows/s':>10}{'x relay':>9}{'CPU us/w':>10}{'x relay':>9}"
-            f"{'broker':>8}{'load':>7}{'p50 ms':>8}{'p99 ms':>8}{'others':>8}"]
+    variants = ["", *(name for name, _ in _candidates(a))]
+    rows = [f"{'run':<36}{'windows/s':>10}{'x relay':>8}{'CPU us/w':>9}{'x relay':>8}"
+            f"{'broker':>7}{'load':>6}{'p50 ms':>8}{'p99 ms':>8}{'others':>7}"]
 
     def row(label: str, kind: str, form: str, relay: bool) -> None:
         if not _pick(runs, kind, form):
             return
         rate, cpu = _median(runs, kind, form, "rate"), _median(runs, kind, form, "", _cpu("target"))
-        r_rate = _median(runs, "relay", form, "rate") if relay else float("nan")
-        r_cpu = _median(runs, "relay", form, "", _cpu("target")) if relay else float("nan")
+        nan = float("nan")
+        r_rate = _median(runs, "relay", form, "rate") if relay else nan
+        r_cpu = _median(runs, "relay", form, "", _cpu("target")) if relay else nan
         rows.append(
-            f"{label:<34}{rate:>10.0f}{rate / r_rate:>9.2f}{cpu:>10.1f}{cpu / r_cpu:>9.2f}"
-            f"{_median(runs, kind, form, '', _cpu('broker')):>8.1f}"
-            f"{_median(runs, kind, form, '', _cpu('load')):>7.1f}"
+            f"{label:<36}{rate:>10.0f}{rate / r_rate:>8.2f}{cpu:>9.1f}{cpu / r_cpu:>8.2f}"
+            f"{_median(runs, kind, form, '', _cpu('broker')):>7.1f}"
+            f"{_median(runs, kind, form, '', _cpu('load')):>6.1f}"
             f"{_median(runs, kind, form, '', _lat('p50')):>8.2f}"
             f"{_median(runs, kind, form, '', _lat('p99')):>8.2f}"
-            f"{_median(runs, kind, form, 'others_cores'):>8.2f}")
+            f"{_median(runs, kind, form, 'others_cores'):>7.2f}")
 
     row("publisher + broker alone (echo)", "publisher", "bin", False)
     for form in forms:
         row(f"relay, {form}", "relay", form, True)
-        row(f"worker stub, {form}", "worker", form, True)
-    for form in forms:
-        light = _pick(runs, "latency-light", form)
-        if light:
-            row(f"worker {form} @ {light[0]['send_rate']:.0f}/s", "latency-light", form, False)
-        heavy = _pick(runs, "latency-heavy", form)
-        if heavy:
-            row(f"worker {form} @ {heavy[0]['send_rate']:.0f}/s ({a.load_fraction:.0%} cap)",
-                "latency-heavy", form, False)
-    lines = ["\n".join(rows).replace("nan", " - ")]
-    lines.append("CPU us/w: process CPU per answered window (broker, load: same run). others: "
-                 "CPU of processes outside the bench, in cores (the noise).")
+        for v in variants:
+            row(f"worker{' ' + v if v else ''} (stub), {form}", _kind("worker", v), form, True)
+    for v in variants:
+        for form in forms:
+            for load in ("light", "heavy"):
+                kind = _kind(f"latency-{load}", v)
+                picked = _pick(runs, kind, form)
+                if picked:
+                    share = f" ({a.load_fraction:.0%} cap)" if load == "heavy" else ""
+                    rate = statistics.median(r["send_rate"] for r in picked)
+                    row(f"worker{' ' + v if v else ''} {form} @ {rate:.0f}/s{share}", kind, form,
+                        False)
+    lines = ["\n".join(rows).replace("nan", " - "),
+             "CPU us/w: CPU time of the process (all threads) per answered window; broker and "
+             "load in the same runs. others: CPU used outside the bench, in cores (noise)."]
     batch = _batch_size(a)
-    for ms, per_frame in devices(a):
-        kind = f"device {ms:g}+{per_frame:g}"
-        if not _pick(runs, kind, "bin"):
-            continue
-        capacity = batch / (ms + per_frame * batch) * 1000
-        rate = _median(runs, kind, "bin", "rate")
-        lines.append(
-            f"device double {ms:g} ms + {per_frame:g} ms/frame, batch {batch}: capacity "
-            f"{capacity:.0f} w/s; worker {rate:.0f} w/s = {rate / capacity:.2f} of it, device "
-            f"busy {_median(runs, kind, 'bin', 'device_busy'):.2f}, mean batch "
-            f"{_median(runs, kind, 'bin', 'mean_batch'):.1f}, worker CPU "
-            f"{_median(runs, kind, 'bin', '', _cpu('target')):.1f} us/w, p99 "
-            f"{_median(runs, kind, 'bin', '', _lat('p99')):.1f} ms")
-    lines.extend(_targets(bench, forms))
+    for v in variants:
+        for ms, per_frame in devices(a):
+            kind = _kind(f"device {ms:g}+{per_frame:g}", v)
+            if not _pick(runs, kind, "bin"):
+                continue
+            capacity = batch / (ms + per_frame * batch) * 1000
+            rate = _median(runs, kind, "bin", "rate")
+            lines.append(
+                f"worker{' ' + v if v else ''} on the double at {ms:g} ms + {per_frame:g} "
+                f"ms/frame, batch {batch} (capacity {capacity:.0f} w/s): {rate:.0f} w/s = "
+                f"{rate / capacity:.2f} of it; device busy "
+                f"{_median(runs, kind, 'bin', 'device_busy'):.2f}, mean batch "
+                f"{_median(runs, kind, 'bin', 'mean_batch'):.1f}, worker CPU "
+                f"{_median(runs, kind, 'bin', '', _cpu('target')):.0f} us/w, p99 "
+                f"{_median(runs, kind, 'bin', '', _lat('p99')):.0f} ms")
+    for v in variants:
+        lines.extend(_targets(bench, forms, v))
     return "\n".join(lines)
 
 
-def _targets(bench: Bench, forms: list[str]) -> list[str]:
-    runs, out = bench.runs, ["targets (issue #7):"]
+def _targets(bench: Bench, forms: list[str], variant: str) -> list[str]:
+    runs = bench.runs
+    out = [f"targets (issue #7), worker{' ' + variant if variant else ''}:"]
 
     def check(what: str, value: float, ok: bool) -> None:
         if value == value:
             out.append(f"  {'PASS' if ok else 'FAIL'}  {what}: {value:.2f}")
 
-    w, r = _median(runs, "worker", "bin", "rate"), _median(runs, "relay", "bin", "rate")
-    check("worker/relay throughput, bin (>= 0.90)", w / r, w / r >= 0.9)
-    wc = _median(runs, "worker", "bin", "", _cpu("target"))
+    worker = _kind("worker", variant)
+    w, r = _median(runs, worker, "bin", "rate"), _median(runs, "relay", "bin", "rate")
+    check("throughput / relay's, bin (>= 0.90)", w / r, w / r >= 0.9)
+    wc = _median(runs, worker, "bin", "", _cpu("target"))
     rc = _median(runs, "relay", "bin", "", _cpu("target"))
-    check("worker/relay CPU per window, bin (<= 1.25)", wc / rc, wc / rc <= 1.25)
+    check("CPU per window / relay's, bin (<= 1.25)", wc / rc, wc / rc <= 1.25)
     limit = DEFAULT_WAIT_MS + 5
     for form in forms:
-        p99 = _median(runs, "latency-light", form, "", _lat("p99"))
-        check(f"p99 ms at light load, {form} (<= {limit:g})", p99, p99 <= limit)
+        p99 = _median(runs, _kind("latency-light", variant), form, "", _lat("p99"))
+        check(f"p99 ms at {bench.args.light_rate:g}/s, {form} (<= {limit:g})", p99, p99 <= limit)
     batch = _batch_size(bench.args)
     for ms, per_frame in devices(bench.args):
-        busy = _median(runs, f"device {ms:g}+{per_frame:g}", "bin", "device_busy")
-        what = f"device double {ms:g}+{per_frame:g} busy when overloaded (>= 0.90)"
+        kind = _kind(f"device {ms:g}+{per_frame:g}", variant)
+        busy = _median(runs, kind, "bin", "device_busy")
+        what = f"double {ms:g}+{per_frame:g} busy when overloaded (>= 0.90)"
         capacity = batch / (ms + per_frame * batch) * 1000
         if busy == busy and capacity > w:
             # The host cannot offer more than the stub worker's ceiling: no overload to test.
-            out.append(f"  n/a   {what}: {busy:.2f}, but host-bound (device capacity "
-                       f"{capacity:.0f} w/s > the stub worker's {w:.0f})")
+            out.append(f"  n/a   {what}: {busy:.2f}, but host-bound (capacity "
+                       f"{capacity:.0f} w/s > this worker's stub ceiling {w:.0f})")
             continue
         check(what, busy, busy >= 0.9)
     return out

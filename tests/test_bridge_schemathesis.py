@@ -7,14 +7,14 @@ generated requests, valid and invalid, checked against the schema's statuses and
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import schemathesis  # the dev extra: schemathesis>=4
 from broker_util import start_broker
-from hypothesis import HealthCheck, settings
 from support import REPO, BridgeProcess, WorkerProcess, wait_until
 
 MAX_EXAMPLES = 50
@@ -42,16 +42,14 @@ def bridge_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture
-def bridge_schema(bridge_url: str) -> object:
-    return schemathesis.openapi.from_url(f"{bridge_url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("bridge_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck))
-def test_no_server_error_and_answers_match_the_schema(case: schemathesis.Case) -> None:
-    case.call_and_validate(timeout=15)
+def test_no_server_error_and_answers_match_the_schema(bridge_url: str, tmp_path: Path) -> None:
+    # The CLI rather than the pytest plugin: the plugin breaks with each pytest minor release.
+    proc = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{bridge_url}/openapi.json",
+         "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
+         "--generation-database", "none", "--request-timeout", "15",
+         "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "Tested: 3" in proc.stdout and "No issues found" in proc.stdout, proc.stdout

@@ -92,6 +92,10 @@ class MqttLink:
         self._waiting: dict[int, Callable[[], None] | None] = {}
         self._early: set[int] = set()
         self._idle = threading.Condition(self._ack_lock)
+        # UNSUBACKs by mid; one may arrive before unsubscribe() has registered its mid.
+        self._unsub_lock = threading.Lock()
+        self._unsubscribing: dict[int, threading.Event] = {}
+        self._unsubscribed_early: set[int] = set()
 
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -123,6 +127,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
         if on_message is not None:
             client.on_message = on_message
@@ -193,6 +198,37 @@ class MqttLink:
         if done and on_acked is not None:
             on_acked()
         return True
+
+    def unsubscribe(self, topic: str, timeout: float) -> bool:
+        """Drop a subscription and wait for the broker's UNSUBACK (False: none in time).
+
+        The broker sends every message it routed to us before the UNSUBSCRIBE ahead of the
+        UNSUBACK, so once this returns True nothing more is on its way for `topic`.
+        """
+        self.subscriptions = [(t, q) for t, q in self.subscriptions if t != topic]
+        rc, mid = self.client.unsubscribe(topic)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        done = threading.Event()
+        with self._unsub_lock:
+            if mid in self._unsubscribed_early:
+                self._unsubscribed_early.discard(mid)
+                done.set()
+            else:
+                self._unsubscribing[mid] = done
+        acked = done.wait(timeout)
+        with self._unsub_lock:
+            self._unsubscribing.pop(mid, None)
+        return acked
+
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                        props: Properties | None) -> None:
+        with self._unsub_lock:
+            done = self._unsubscribing.pop(mid, None)
+            if done is None:
+                self._unsubscribed_early.add(mid)
+        if done is not None:
+            done.set()
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a received QoS 1 message (manual_ack mode)."""

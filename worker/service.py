@@ -45,6 +45,7 @@ log = logging.getLogger("worker")
 REOPEN_MIN_S = 1.0
 REOPEN_MAX_S = 30.0
 STOP_DRAIN_S = 10.0
+UNSUBSCRIBE_WAIT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -149,9 +150,13 @@ class Worker:
 
     def shutdown(self) -> None:
         log.info("stopping: answering %d queued windows", len(self.queue))
-        if self.settings.shared_group:
-            # The group's session dies with us: let the other members take new windows now.
-            self.link.client.unsubscribe(self.settings.window_topic)
+        # In a group our session dies with us, and Mosquitto drops what it had handed us with
+        # it: let the other members take new windows now, and keep accepting until the broker
+        # confirms, since whatever it routed to us before the UNSUBSCRIBE comes ahead of UNSUBACK.
+        if (self.settings.shared_group and self.link.connected.is_set()
+                and not self.link.unsubscribe(self.settings.window_topic, UNSUBSCRIBE_WAIT_S)):
+            log.warning("the broker did not confirm leaving the group in %.0f s",
+                        UNSUBSCRIBE_WAIT_S)
         self._accepting.clear()  # later arrivals stay unacknowledged: the broker redelivers them
         self.queue.close()
         self._batcher.join(STOP_DRAIN_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ from support import WorkerProcess
 from reliability.accounting import Key, Ledger, Sensors
 
 RATE = 300
+HEAVY_RATE = 2000  # more than this machine's three stub workers and broker keep up with
 WORKERS = ("w-g0", "w-g1", "w-g2")
 # Mosquitto notices a kill -9 at once (the kernel closes the socket); a window it handed to the
 # dead member just before is what "in flight at the kill" means here.
@@ -90,3 +92,25 @@ def test_a_killed_member_with_a_session_loses_nothing_when_it_restarts(
     assert set(report.served_by) == set(WORKERS)
     # Its share waited for it: nothing took longer than the outage plus the restart.
     assert max(report.e2e_ms) < (online_at - killed_at + 1.0) * 1000
+
+
+def test_a_member_stopped_under_heavy_load_loses_nothing(
+    start_worker: Callable[..., WorkerProcess], ledger: Ledger,
+    sensors: Callable[..., Sensors],
+) -> None:
+    # A clean stop leaves the group before it stops accepting: what the broker routed to the
+    # member before the UNSUBSCRIBE is still answered (the session, expiry 0, dies with it).
+    workers = _group(start_worker)
+    pub = sensors([f"s{i}" for i in range(6)]).start(rate=HEAVY_RATE)
+    time.sleep(1.5)
+    term_at = time.monotonic()
+    workers[2].signal(signal.SIGTERM)
+    assert workers[2].wait(20) == 0
+    stopped_in = time.monotonic() - term_at
+    time.sleep(1.0)
+    pub.stop()
+    ledger.wait_complete(30)
+    report = ledger.report()
+    print(f"\n{report.summary()}\nthe member stopped in {stopped_in:.2f} s")
+    report.assert_clean()
+    assert set(report.served_by) == set(WORKERS)
