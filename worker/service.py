@@ -184,6 +184,11 @@ class Worker:
     # -- status ------------------------------------------------------------------------------
 
     def publish_status(self) -> None:
+        # Only once on_connect has subscribed: paho would otherwise send a status queued during
+        # the handshake ahead of the SUBSCRIBE, and `online` would be seen before windows flow.
+        # Every (re)connect publishes the status anyway.
+        if not self.link.connected.is_set():
+            return
         with self._status_lock:
             doc = self.status.document(queue_depth=len(self.queue))
             self.link.publish(
