@@ -6,8 +6,16 @@
 # with debootstrap, since no image registry may be reachable (docker pull fails).
 
 # The Docker client that builds: Debian's docker.io client speaks BuildKit by itself
-# (DOCKER_BUILDKIT=1), while a newer client without the buildx plugin cannot.
-DOCKER=${DOCKER:-$(if [ -x /usr/bin/docker ]; then echo /usr/bin/docker; else echo docker; fi)}
+# (DOCKER_BUILDKIT=1), while a newer client without the buildx plugin cannot. It may only be
+# installed by ensure_packages, so ensure_dockerd looks again; DOCKER set by the caller wins.
+DOCKER_CLIENT=${DOCKER:-}
+docker_client() {
+    if [ -n "$DOCKER_CLIENT" ]; then echo "$DOCKER_CLIENT"
+    elif [ -x /usr/bin/docker ]; then echo /usr/bin/docker
+    else echo docker
+    fi
+}
+DOCKER=$(docker_client)
 export DOCKER_BUILDKIT=1
 DOCKERD_LOG=${DOCKERD_LOG:-/var/tmp/hailo-dockerd.log}
 STARTED_DOCKERD_PID=""
@@ -36,16 +44,24 @@ ensure_packages() {
 # ensure_dockerd: use a running engine, or start dockerd in the background and wait for it.
 # Sets STARTED_DOCKERD_PID when it started one (stop_dockerd stops only that one).
 ensure_dockerd() {
+    DOCKER=$(docker_client)
     if "$DOCKER" info >/dev/null 2>&1; then return 0; fi
     command -v dockerd >/dev/null 2>&1 || die "no dockerd (apt-get install docker.io)"
     log "starting dockerd (log $DOCKERD_LOG)"
     # setsid and no inherited descriptors: the daemon must not hold a CI pipe open.
-    as_root setsid dockerd </dev/null >"$DOCKERD_LOG" 2>&1 &
+    if [ "$(id -u)" -eq 0 ]; then
+        setsid dockerd </dev/null >"$DOCKERD_LOG" 2>&1 &
+    else
+        # shellcheck disable=SC2024 # the log is ours to write, in /var/tmp
+        sudo setsid dockerd </dev/null >"$DOCKERD_LOG" 2>&1 &
+    fi
     STARTED_DOCKERD_PID=$!
     local i
     for i in $(seq 1 60); do
         if [ -S /var/run/docker.sock ] && "$DOCKER" info >/dev/null 2>&1; then
-            log "dockerd up after ${i}s"
+            # The daemon's own pid (the one started above may be a sudo in front of it).
+            STARTED_DOCKERD_PID=$(cat /var/run/docker.pid 2>/dev/null || echo "$STARTED_DOCKERD_PID")
+            log "dockerd up after ${i}s (pid $STARTED_DOCKERD_PID)"
             return 0
         fi
         kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || { tail -20 "$DOCKERD_LOG" >&2; die "dockerd exited"; }
@@ -133,4 +149,16 @@ wait_healthy() {
     done
     log "$name is $state after ${seconds}s"
     return 1
+}
+
+# run_bounded SECONDS DOCKER-RUN-ARGS...: `docker run --rm` that is stopped after SECONDS.
+# A crash under QEMU emulation can leave a container hanging after the client has given up,
+# so the container is named and removed whatever happens.
+run_bounded() {
+    local seconds=$1 name rc=0
+    shift
+    name=hailo-bounded-$$-$RANDOM
+    timeout "$seconds" "$DOCKER" run --rm --name "$name" "$@" || rc=$?
+    "$DOCKER" rm -f "$name" >/dev/null 2>&1 || true
+    return $rc
 }

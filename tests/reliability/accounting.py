@@ -18,14 +18,14 @@ import threading
 import time
 import uuid
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from support import wait_until
@@ -174,7 +174,7 @@ class Ledger:
         self._lock = threading.Lock()
         self.expected: dict[Key, Expect] = {}
         self.published_at: dict[Key, float] = {}
-        self.answers: defaultdict[Key, list[Answer]] = defaultdict(list)
+        self.answers: dict[Key, list[Answer]] = {}
         self.unmatched: list[Answer] = []
         self.statuses: list[tuple[float, dict[str, Any], bool]] = []
         self._subscribed = threading.Event()
@@ -207,14 +207,21 @@ class Ledger:
             return
         if parts[1] in self.ignore:
             return
-        doc = wire.decode(msg.payload)
-        answer = Answer(now, doc["error"] if parts[2] == "error" else RESULT, doc)
+        try:
+            doc = wire.decode(msg.payload)
+            if not isinstance(doc, dict):
+                raise TypeError(type(doc).__name__)
+            answer = Answer(now, doc["error"] if parts[2] == "error" else RESULT, doc)
+        except Exception:  # an answer that breaks the contract is a finding, not a crash here
+            with self._lock:
+                self.unmatched.append(Answer(now, "undecodable", {"raw": bytes(msg.payload)}))
+            return
         with self._lock:
             key: Key = (parts[1], doc.get("seq"))
             if key not in self.expected:
                 key = (parts[1], None)
             if key in self.expected:
-                self.answers[key].append(answer)
+                self.answers.setdefault(key, []).append(answer)
             else:
                 self.unmatched.append(answer)
 
@@ -241,6 +248,11 @@ class Ledger:
             raise AssertionError(f"{self.unanswered()} windows still unanswered after "
                                  f"{timeout:.0f} s\n{self.report().summary()}") from None
         time.sleep(settle_s)
+
+    def snapshot(self) -> dict[Key, list[Answer]]:
+        """The answers so far, copied (paho's thread keeps adding to the live ones)."""
+        with self._lock:
+            return {k: list(v) for k, v in self.answers.items()}
 
     def first_answer_at(self, key: Key) -> float | None:
         with self._lock:
@@ -335,7 +347,7 @@ class Sensors:
     port: int
     ledger: Ledger
     names: list[str]
-    protocol: int = mqtt.MQTTv5
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
     seq: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import BridgeProcess
 
 from reliability.accounting import Ledger, Sensors
 from reliability.double import make_hef
@@ -41,3 +42,11 @@ def sensors(broker: Any, ledger: Ledger) -> Iterator[Callable[..., Sensors]]:
 def hef(tmp_path: Path) -> Path:
     """A HEF of the reference model for the HailoRT test double."""
     return make_hef(tmp_path / "tcn_encoder.hef")
+
+
+@pytest.fixture
+def bridge(broker: Any, tmp_path: Path) -> Iterator[BridgeProcess]:
+    """The real `hailo-bridge` on the test broker."""
+    b = BridgeProcess(broker.port, log_dir=tmp_path).start()
+    yield b
+    b.kill()

@@ -142,6 +142,7 @@ def wrong_types(draw: st.DrawFn) -> Case:
         return pack({"x": rows, "seq": seq}), Expect.error("invalid_dtype", seq)
     if kind == "bools":
         return pack({"x": [[True] * 9] * 100, "seq": seq}), Expect.error("invalid_dtype", seq)
+    bad: Any
     if kind == "seq":  # a seq that is not an integer: nothing to echo
         bad = draw(st.one_of(st.text(max_size=8), st.floats(), st.booleans(),
                              st.lists(INTS, max_size=2)))

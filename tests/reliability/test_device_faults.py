@@ -63,7 +63,8 @@ def test_faults_answer_inference_failed_go_degraded_and_recover(
     pub.stop()
     ledger.wait_complete(30)
     report = ledger.report()
-    failed_at = [a[0].t for a in ledger.answers.values() if a[0].outcome == "inference_failed"]
+    failed_at = [a[0].t for a in ledger.snapshot().values()
+                 if a[0].outcome == "inference_failed"]
     print(f"\n{report.summary()}")
     for name, began, degraded_at, online_at in spans:
         hits = sum(1 for t in failed_at if began <= t <= online_at + 0.5)
@@ -101,7 +102,7 @@ def test_device_lost_with_a_cpu_fallback_keeps_answering(
     pub.stop()
     ledger.wait_complete(30)
     report = ledger.report()
-    models = {a[0].doc["model"] for k, a in ledger.answers.items()
+    models = {a[0].doc["model"] for k, a in ledger.snapshot().items()
               if a[0].outcome == "result" and degraded_at + 0.1 < a[0].t < cleared}
     print(f"\n{report.summary()}\ndegraded after {degraded_at - began:.2f} s, online "
           f"{online_at - cleared:.2f} s after the device came back; models while degraded "

@@ -37,7 +37,7 @@ def test_sigterm_under_load_answers_the_queue_and_exits_0(
     found = re.search(r"answering (\d+) queued windows", w.log())
     assert found, w.log()
     queued = int(found.group(1))
-    during_stop = sum(1 for a in ledger.answers.values() if term_at <= a[0].t <= exited_at)
+    during_stop = sum(1 for a in ledger.snapshot().values() if term_at <= a[0].t <= exited_at)
     stopped_at = ledger.wait_state("w-term", "stopped", after=term_at, timeout=5)
     restarted_at = time.monotonic()
     pub.stop()
@@ -45,7 +45,7 @@ def test_sigterm_under_load_answers_the_queue_and_exits_0(
     start_worker(**{**settings, "hailo_double_latency_ms": 1}, wait_state=None)
     ledger.wait_complete(30)
     report = ledger.report()
-    redelivered = sum(1 for a in ledger.answers.values() if a[0].t > restarted_at)
+    redelivered = sum(1 for a in ledger.snapshot().values() if a[0].t > restarted_at)
     print(f"\n{report.summary()}\nSIGTERM with {queued} windows queued: exit {code} after "
           f"{exited_at - term_at:.2f} s, `stopped` after {stopped_at - term_at:.2f} s, "
           f"{during_stop} answers between the signal and the exit; {redelivered} windows "

@@ -12,8 +12,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,13 +29,6 @@ RSS_GROWTH_MIB = 20
 FD_GROWTH = 2
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(int(SOAK_SECONDS * 2 + 300))]
-
-
-@pytest.fixture
-def bridge(broker: Any, tmp_path: Path) -> Iterator[BridgeProcess]:
-    b = BridgeProcess(broker.port, log_dir=tmp_path).start()
-    yield b
-    b.kill()
 
 
 def _edges(sampler: Sampler) -> dict[str, float]:
@@ -84,8 +76,8 @@ def test_soak_full_stack_at_a_steady_rate(
     pub.join()
     ledger.wait_complete(60)
     http.stop()
-    for s in samplers.values():
-        s.stop()
+    for sampler in samplers.values():
+        sampler.stop()
     report = ledger.report()
     edges = {name: _edges(s) for name, s in samplers.items()}
     codes = Counter(code for _, code in http.seen)
