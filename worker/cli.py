@@ -24,18 +24,10 @@ from worker.settings import (
     fail,
     load_or_exit,
     masked,
+    settings_help,
 )
 
 PROG = "hailo-worker"
-
-
-def settings_help(cls: type[WorkerSettings]) -> str:
-    lines = ["settings (environment variables, or a .env file):"]
-    for name, field in cls.model_fields.items():
-        default = field.default if field.default_factory is None else "(computed)"
-        desc = field.description or ""
-        lines.append(f"  {name.upper():<22} default {default!s:<28} {desc}")
-    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:

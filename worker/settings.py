@@ -59,7 +59,9 @@ class WorkerSettings(CommonSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Names the status topic and the MQTT client id.",
     )
-    infer_mode: Literal["hailo", "cpu", "stub"] = Field("stub", description="Backend.")
+    infer_mode: Literal["hailo", "cpu", "stub"] = Field(
+        "stub", description="Backend: hailo (device), cpu (ONNX) or stub (contract double)."
+    )
     hailo_fallback: Literal["none", "cpu", "stub"] = Field(
         "none", description="Backend that answers while the Hailo device is down."
     )
@@ -74,24 +76,36 @@ class WorkerSettings(CommonSettings):
         None, description="HEF output holding the motif scores (default: by NUM_MOTIFS)."
     )
     onnx_path: Path = Field(REFERENCE_ONNX, description="ONNX model for the cpu backend.")
-    num_motifs: int = Field(12, ge=1, le=4096)
-    latent_dim: int = Field(64, ge=1, le=65536)
-    window_length: int = Field(100, ge=1, le=100_000)
-    channels: int = Field(9, ge=1, le=1024)
-    batch_max_size: int = Field(8, ge=1, le=256)
-    batch_max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    queue_max: int = Field(1024, ge=1, le=1_000_000)
-    max_payload_bytes: int = Field(65536, ge=64, le=256 * 1024 * 1024)
+    num_motifs: int = Field(12, ge=1, le=4096, description="Motif scores per window.")
+    latent_dim: int = Field(64, ge=1, le=65536, description="Floats in the latent.")
+    window_length: int = Field(100, ge=1, le=100_000, description="Time steps per window.")
+    channels: int = Field(9, ge=1, le=1024, description="Channels per time step.")
+    batch_max_size: int = Field(8, ge=1, le=256, description="Most windows in one batch.")
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, le=10_000, description="Longest wait of a batch's first window."
+    )
+    queue_max: int = Field(
+        1024, ge=1, le=1_000_000, description="Windows waiting; past it the oldest is dropped."
+    )
+    max_payload_bytes: int = Field(
+        65536, ge=64, le=256 * 1024 * 1024, description="Larger windows: `too_large`."
+    )
     shared_group: str | None = Field(
         None, pattern=r"^[^/+#]+$", description="Shared-subscription group name."
     )
     session_expiry_s: int | None = Field(
         None, ge=0, le=0xFFFFFFFF, description="Default 3600; 0 when SHARED_GROUP is set."
     )
-    response_topic_prefix: str = Field("reply/", min_length=1)
-    result_encoding: Literal["msgpack", "json"] = "msgpack"
-    status_interval_s: float = Field(10.0, gt=0, le=86_400)
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    response_topic_prefix: str = Field(
+        "reply/", min_length=1, description="ResponseTopics honoured only under this."
+    )
+    result_encoding: Literal["msgpack", "json"] = Field(
+        "msgpack", description="Encoding of results and errors."
+    )
+    status_interval_s: float = Field(
+        10.0, gt=0, le=86_400, description="Retained status refresh period."
+    )
+    metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus port; 0: off.")
     device_timeout_ms: int = Field(
         1000, ge=1, le=600_000, description="Bound on one device call (the watchdog)."
     )
@@ -150,6 +164,15 @@ def load_or_exit(cls: type[S], prog: str) -> S:
         fail(prog, describe_error(exc))
 
 
+def settings_help(cls: type[BaseSettings]) -> str:
+    """The settings, their defaults and descriptions, for `--help` epilogues."""
+    lines = ["settings (environment variables, or a .env file):"]
+    for name, field in cls.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        lines.append(f"  {name.upper():<22} default {default!s:<28} {field.description or ''}")
+    return "\n".join(lines)
+
+
 def masked(settings: BaseSettings) -> dict[str, object]:
     """The effective settings, secrets masked, for `--print-config` and the logs."""
     out: dict[str, object] = {}
@@ -182,10 +205,10 @@ class BridgeSettings(CommonSettings):
     status_interval_s: float = Field(
         10.0, gt=0, le=86_400, description="Workers' STATUS_INTERVAL_S: fresh = 3x this."
     )
-    window_length: int = Field(100, ge=1, le=100_000)
-    channels: int = Field(9, ge=1, le=1024)
-    latent_dim: int = Field(64, ge=1, le=65536)
-    num_motifs: int = Field(12, ge=1, le=4096)
+    window_length: int = Field(100, ge=1, le=100_000, description="Time steps per window.")
+    channels: int = Field(9, ge=1, le=1024, description="Channels per time step.")
+    latent_dim: int = Field(64, ge=1, le=65536, description="Floats in the latent.")
+    num_motifs: int = Field(12, ge=1, le=4096, description="Motif scores per window.")
 
 
 class SimSettings(CommonSettings):

@@ -9,22 +9,19 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from pydantic_settings import BaseSettings
-
 from worker import __version__
 from worker.logs import configure
-from worker.settings import BridgeSettings, ConfigError, fail, load_or_exit, masked
+from worker.settings import (
+    BridgeSettings,
+    ConfigError,
+    fail,
+    load_or_exit,
+    masked,
+    settings_help,
+)
 
 PROG = "hailo-bridge"
 GRACEFUL_SHUTDOWN_S = 5
-
-
-def settings_help(cls: type[BaseSettings]) -> str:
-    lines = ["settings (environment variables, or a .env file):"]
-    for name, field in cls.model_fields.items():
-        default = field.default if field.default_factory is None else "(computed)"
-        lines.append(f"  {name.upper():<22} default {default!s:<28} {field.description or ''}")
-    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
