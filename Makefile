@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install system-deps run test lint smoke bench soak clean
+.PHONY: help install system-deps run test lint smoke bench soak docker-test arm64 compile-hef clean
 
 help:
 	@echo "make run    - local broker + worker (cpu model) + HTTP bridge + simulated sensors"
@@ -15,6 +15,9 @@ help:
 	@echo "make smoke  - the seed's smoke tests against a running stack (BRIDGE_URL, MQTT_PORT)"
 	@echo "make bench  - benchmarks (see bench/README.md)"
 	@echo "make soak   - long reliability run (SOAK_SECONDS, default 600)"
+	@echo "make docker-test - hadolint, compose config, the images and the stack in containers"
+	@echo "make arm64  - the runtime image for linux/arm64 under QEMU, checked"
+	@echo "make compile-hef ARGS=... - ONNX + calibration set -> artifacts/*.hef (Hailo DFC)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +47,15 @@ bench: install system-deps
 
 soak: install system-deps
 	$(BIN)/python -m pytest -q -m soak -s
+
+docker-test: install
+	scripts/docker_ci.sh
+
+arm64: install
+	scripts/build_arm64.sh
+
+compile-hef:
+	scripts/compile_hef.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,8 @@ STARTED_DOCKERD_PID=""
 
 log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "${LOG_TAG:-docker}" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
+# Exit 3 says "this machine has no working Docker engine", as opposed to a failed check.
+no_engine() { log "NO DOCKER ENGINE: $*"; exit 3; }
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -46,7 +48,7 @@ ensure_packages() {
 ensure_dockerd() {
     DOCKER=$(docker_client)
     if "$DOCKER" info >/dev/null 2>&1; then return 0; fi
-    command -v dockerd >/dev/null 2>&1 || die "no dockerd (apt-get install docker.io)"
+    command -v dockerd >/dev/null 2>&1 || no_engine "no dockerd (apt-get install docker.io)"
     log "starting dockerd (log $DOCKERD_LOG)"
     # setsid and no inherited descriptors: the daemon must not hold a CI pipe open.
     if [ "$(id -u)" -eq 0 ]; then
@@ -64,11 +66,11 @@ ensure_dockerd() {
             log "dockerd up after ${i}s (pid $STARTED_DOCKERD_PID)"
             return 0
         fi
-        kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || { tail -20 "$DOCKERD_LOG" >&2; die "dockerd exited"; }
+        kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || { tail -20 "$DOCKERD_LOG" >&2; no_engine "dockerd exited"; }
         sleep 1
     done
     tail -20 "$DOCKERD_LOG" >&2
-    die "dockerd did not answer within 60 s"
+    no_engine "dockerd did not answer within 60 s"
 }
 
 stop_dockerd() {
