@@ -14,7 +14,8 @@
 #      token handed over as files; both must turn healthy by the image's HEALTHCHECK;
 #   5. scripts/smoke.sh against them, plus checks of the image itself (non-root, read-only
 #      /models, no .hef inside, only port 9000, cpu mode, secrets, dashboard metric names);
-#   6. cleanup (containers, temporary files; a dockerd it started, unless KEEP_DOCKERD=1).
+#   6. tests/test_worker.py with its broker in a container (MQTT_TEST_BROKER=container);
+#   7. cleanup (containers, temporary files; a dockerd it started, unless KEEP_DOCKERD=1).
 # Prints the time of each stage; exits non-zero on the first failure.
 #
 # Environment: BASE_IMAGE (default: hailo-base:bookworm, made here), IMAGE (hailo-sidecar:ci),
@@ -271,3 +272,9 @@ unexported=$(grep -ohE 'hailo_(worker|bridge)_[a-z_]+' compose/grafana/dashboard
     done)
 [ -z "$unexported" ] || die "the dashboard queries metrics nobody exports: $unexported"
 log "image checks passed: uid 10001, read-only root and /models, no .hef, EXPOSE 9000 only, cpu mode, secrets, dashboard metrics"
+
+# --- 6. the worker's functional tests with the broker in a container (testcontainers) ----------
+stage "tests, broker in a container"
+MQTT_TEST_BROKER=container MQTT_TEST_IMAGE=$MOSQUITTO_IMAGE TESTCONTAINERS_RYUK_DISABLED=true \
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_worker.py \
+    || die "tests/test_worker.py failed with MQTT_TEST_BROKER=container"
