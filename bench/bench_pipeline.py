@@ -14,9 +14,12 @@ process under test and a load generator (bench/load.py), then prints one table:
   device    the worker on the HailoRT test double (per-batch latency L + p x frames): windows/s
             against the double's capacity at the batch size, and how busy it was kept
 
-Every figure is the median of --repeats runs; CPU is user + system time of the process
-(all threads) over the measured interval, divided by the windows answered in it. `--record`
-appends the table to bench/README.md with the date, machine and commit.
+Every figure is the median of --repeats runs; a ratio to the relay is the median of the
+per-round ratios (a worker run against the relay run just before it). CPU is user + system
+time of the process (all threads) over the measured interval, divided by the windows answered
+in it; context switches are summed over its threads. `--candidate NAME=DIR` runs a patched
+copy of the worker package (DIR/worker) in the same rounds, to price a change before making
+it. `--record` appends the table to bench/README.md with the date, machine and commit.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -134,6 +138,7 @@ class Bench:
     hef: Path | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     background: float = 0.0
+    round: int = 0
 
     def settle(self) -> None:
         """Wait (a while) for other people's work on this machine to calm down."""
@@ -177,12 +182,21 @@ class Bench:
         proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=self.workdir,
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
+            if variant:
+                self._check_import(env, dict(_candidates(self.args))[variant])
             if not self.watch.wait(worker_id, "online", 30):
                 raise RuntimeError(f"worker not online; see {log.name}")
             yield proc
         finally:
             _stop(proc)
             log.close()
+
+    def _check_import(self, env: dict[str, str], where: str) -> None:
+        """A candidate must really run from its directory, not the installed package."""
+        out = subprocess.run([sys.executable, "-c", "import worker; print(worker.__file__)"],
+                             env=env, cwd=self.workdir, capture_output=True, text=True)
+        if not out.stdout.strip().startswith(where):
+            raise RuntimeError(f"the candidate imports {out.stdout.strip()}, not from {where}")
 
     def hailo_settings(self, ms: float, per_frame_ms: float) -> dict[str, str]:
         if self.hef is None:
@@ -210,7 +224,8 @@ class Bench:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
         if out.returncode != 0:
             raise RuntimeError(f"load.py failed ({kind}): {out.stderr.strip()[-2000:]}")
-        run = {"kind": kind, "form": form, "background_before": self.background,
+        run = {"kind": kind, "form": form, "round": self.round,
+               "background_before": self.background,
                **json.loads(out.stdout)}
         self.runs.append(run)
         print(f"  {kind:<18} {form:<5} {_summary(run)}", file=sys.stderr, flush=True)
@@ -227,7 +242,7 @@ def host_busy() -> float:
 def _pid(broker: Broker) -> int:
     proc = broker._proc  # broker_util keeps the process private; its pid is all we need
     assert proc is not None
-    return proc.pid
+    return int(proc.pid)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -267,6 +282,7 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
     if scenarios & {"ceiling", "worker"}:
         print("throughput (saturating publisher; relay and worker alternate):", file=sys.stderr)
         for rep in range(a.repeats):
+            bench.round = rep
             print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
             if "ceiling" in scenarios:
                 bench.settle()
@@ -283,6 +299,7 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
     if scenarios & {"latency", "device"}:
         print("latency (steady publisher) and device-bound (saturating):", file=sys.stderr)
         for rep in range(a.repeats):
+            bench.round = a.repeats + rep
             print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
             for v in variants if "latency" in scenarios else []:
                 for form in forms:
@@ -336,25 +353,53 @@ def _cpu(name: str) -> Callable[[dict[str, Any]], float]:
     return lambda r: float(r["cpu_us_per_window"].get(name, float("nan")))
 
 
+def _switches(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda r: float(r.get("switches_per_window", {}).get(name, float("nan")))
+
+
 def _lat(q: str) -> Callable[[dict[str, Any]], float]:
     return lambda r: float(r["latency_ms"][q]) if "latency_ms" in r else float("nan")
+
+
+def _paired(runs: list[dict[str, Any]], kind: str, form: str,
+            get: Callable[[dict[str, Any]], float]) -> list[float]:
+    """kind / relay, round by round: neighbours in time share the machine's mood."""
+    relay = {r["round"]: get(r) for r in _pick(runs, "relay", form)}
+    return [get(r) / relay[r["round"]] for r in _pick(runs, kind, form) if r["round"] in relay]
+
+
+def _ratio(runs: list[dict[str, Any]], kind: str, form: str,
+           get: Callable[[dict[str, Any]], float]) -> float:
+    ratios = _paired(runs, kind, form, get)
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+def _rate(r: dict[str, Any]) -> float:
+    return float(r["rate"])
 
 
 def table(bench: Bench, forms: list[str]) -> str:
     a, runs = bench.args, bench.runs
     variants = ["", *(name for name, _ in _candidates(a))]
     rows = [f"{'run':<36}{'windows/s':>10}{'x relay':>8}{'CPU us/w':>9}{'x relay':>8}"
-            f"{'broker':>7}{'load':>6}{'p50 ms':>8}{'p99 ms':>8}{'others':>7}"]
+            f"{'ctx/w':>7}{'broker':>7}{'load':>6}{'p50 ms':>8}{'p99 ms':>8}{'others':>7}"]
+    spread = []
 
     def row(label: str, kind: str, form: str, relay: bool) -> None:
         if not _pick(runs, kind, form):
             return
         rate, cpu = _median(runs, kind, form, "rate"), _median(runs, kind, form, "", _cpu("target"))
         nan = float("nan")
-        r_rate = _median(runs, "relay", form, "rate") if relay else nan
-        r_cpu = _median(runs, "relay", form, "", _cpu("target")) if relay else nan
+        r_rate = _ratio(runs, kind, form, _rate) if relay else nan
+        r_cpu = _ratio(runs, kind, form, _cpu("target")) if relay else nan
+        if relay and kind != "relay":
+            rates = _paired(runs, kind, form, _rate)
+            cpus = _paired(runs, kind, form, _cpu("target"))
+            spread.append(f"  {label}: throughput x {min(rates):.2f}-{max(rates):.2f}, "
+                          f"CPU x {min(cpus):.2f}-{max(cpus):.2f} over {len(rates)} rounds")
         rows.append(
-            f"{label:<36}{rate:>10.0f}{rate / r_rate:>8.2f}{cpu:>9.1f}{cpu / r_cpu:>8.2f}"
+            f"{label:<36}{rate:>10.0f}{r_rate:>8.2f}{cpu:>9.1f}{r_cpu:>8.2f}"
+            f"{_median(runs, kind, form, '', _switches('target')):>7.2f}"
             f"{_median(runs, kind, form, '', _cpu('broker')):>7.1f}"
             f"{_median(runs, kind, form, '', _cpu('load')):>6.1f}"
             f"{_median(runs, kind, form, '', _lat('p50')):>8.2f}"
@@ -376,9 +421,13 @@ def table(bench: Bench, forms: list[str]) -> str:
                     rate = statistics.median(r["send_rate"] for r in picked)
                     row(f"worker{' ' + v if v else ''} {form} @ {rate:.0f}/s{share}", kind, form,
                         False)
-    lines = ["\n".join(rows).replace("nan", " - "),
-             "CPU us/w: CPU time of the process (all threads) per answered window; broker and "
-             "load in the same runs. others: CPU used outside the bench, in cores (noise)."]
+    legend = textwrap.fill(
+        "x relay: median over rounds of (this run / the relay run of the same round). CPU us/w: "
+        "CPU time of the process, all threads, per answered window; ctx/w: its context switches "
+        "per window; broker, load: their CPU per window in the same runs; others: cores used "
+        "outside the bench meanwhile (noise).", 100)
+    lines = ["\n".join(rows).replace("nan", " - "), legend,
+             *(["paired ratios, lowest-highest:", *spread] if spread else [])]
     batch = _batch_size(a)
     for v in variants:
         for ms, per_frame in devices(a):
@@ -409,11 +458,11 @@ def _targets(bench: Bench, forms: list[str], variant: str) -> list[str]:
             out.append(f"  {'PASS' if ok else 'FAIL'}  {what}: {value:.2f}")
 
     worker = _kind("worker", variant)
-    w, r = _median(runs, worker, "bin", "rate"), _median(runs, "relay", "bin", "rate")
-    check("throughput / relay's, bin (>= 0.90)", w / r, w / r >= 0.9)
-    wc = _median(runs, worker, "bin", "", _cpu("target"))
-    rc = _median(runs, "relay", "bin", "", _cpu("target"))
-    check("CPU per window / relay's, bin (<= 1.25)", wc / rc, wc / rc <= 1.25)
+    w = _median(runs, worker, "bin", "rate")
+    ratio = _ratio(runs, worker, "bin", _rate)
+    check("throughput / relay's, bin (>= 0.90)", ratio, ratio >= 0.9)
+    ratio = _ratio(runs, worker, "bin", _cpu("target"))
+    check("CPU per window / relay's, bin (<= 1.25)", ratio, ratio <= 1.25)
     limit = DEFAULT_WAIT_MS + 5
     for form in forms:
         p99 = _median(runs, _kind("latency-light", variant), form, "", _lat("p99"))

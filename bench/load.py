@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -185,15 +186,19 @@ class Load:
                 self.publish()
         cpu0: dict[str, float] = {}
         cpu1: dict[str, float] = {}
+        ctx0: dict[str, int] = {}
+        ctx1: dict[str, int] = {}
         host0 = host1 = 0.0
         while True:
             now = time.perf_counter()
             if not cpu0 and now >= measure_at:
                 cpu0, host0 = {n: _cpu(p) for n, p in pids.items()}, _host_busy()
+                ctx0 = {n: _switches(p) for n, p in pids.items()}
                 self.t0, self.measuring = time.perf_counter(), True
             elif self.measuring and now >= end_at:
                 self.measuring, self.t1 = False, time.perf_counter()
                 cpu1, host1 = {n: _cpu(p) for n, p in pids.items()}, _host_busy()
+                ctx1 = {n: _switches(p) for n, p in pids.items()}
                 break
             boundary = end_at if cpu0 else measure_at
             if closed:
@@ -208,6 +213,8 @@ class Load:
         self._drain(5.0)
         self.client.close()
         report = self._report(cpu0, cpu1)
+        report["switches_per_window"] = {
+            n: (ctx1[n] - ctx0[n]) / max(report["answered"] + report["errors"], 1) for n in ctx0}
         report["others_cores"] = (host1 - host0 - sum(report["cpu_s"].values())) / (
             report["elapsed_s"])
         return report
@@ -241,6 +248,22 @@ class Load:
         if self.device is not None:
             out["device_busy"] = w.device_busy_s / elapsed
         return out
+
+
+def _switches(proc: psutil.Process) -> int:
+    """Context switches of every thread of `proc`: each is a sleep and a wake-up, the cost
+    that separates a threaded pipeline from a single-threaded relay. psutil reads only the
+    main thread's; Linux keeps every thread's in /proc/PID/task/*/status."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    except OSError:
+        c = proc.num_ctx_switches()
+        return int(c.voluntary + c.involuntary)
+    return total
 
 
 def _cpu(proc: psutil.Process) -> float:

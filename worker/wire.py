@@ -164,7 +164,8 @@ def encode_window(x: Floats, *, seq: int | None = None, ts: float | None = None,
         doc["seq"] = seq
     if ts is not None:
         doc["ts"] = ts
-    return msgpack.packb(doc, use_bin_type=True)
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    return packed
 
 
 def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
@@ -172,7 +173,8 @@ def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
     if encoding == "json":
         return json.dumps(doc, separators=(",", ":")).encode()
     # Doubles, not use_single_float: `ts` is epoch seconds and float32 would blur it by minutes.
-    return msgpack.packb(doc, use_bin_type=True)
+    packed: bytes = msgpack.packb(doc, use_bin_type=True)
+    return packed
 
 
 def decode(payload: bytes | bytearray) -> Any:
