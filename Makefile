@@ -6,14 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install system-deps run test lint smoke bench soak docker-test arm64 compile-hef clean
+.PHONY: help install system-deps run test lint smoke bench soak bench-full docker-test arm64 compile-hef clean
 
 help:
 	@echo "make run    - local broker + worker (cpu model) + HTTP bridge + simulated sensors"
 	@echo "make test   - the whole test suite against real Mosquitto and real processes"
 	@echo "make lint   - ruff and mypy"
 	@echo "make smoke  - the seed's smoke tests against a running stack (BRIDGE_URL, MQTT_PORT)"
-	@echo "make bench  - benchmarks (see bench/README.md)"
+	@echo "make bench  - benchmarks, short (see bench/README.md); bench-full records a run"
 	@echo "make soak   - long reliability run (SOAK_SECONDS, default 600)"
 	@echo "make docker-test - hadolint, compose config, the images and the stack in containers"
 	@echo "make arm64  - the runtime image for linux/arm64 under QEMU, checked"
@@ -43,7 +43,12 @@ smoke:
 	scripts/smoke.sh
 
 bench: install system-deps
+	$(BIN)/python bench/bench_pipeline.py --quick
 	$(BIN)/python bench/bench_cpu.py
+	$(BIN)/python bench/bench_bridge.py
+
+bench-full: install system-deps
+	$(BIN)/python bench/bench_pipeline.py --record
 
 soak: install system-deps
 	$(BIN)/python -m pytest -q -m soak -s

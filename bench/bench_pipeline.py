@@ -29,15 +29,13 @@ import json
 import os
 import platform
 import select
-import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,10 +52,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "hailo_double"))
 
 from broker_util import Broker, start_broker  # noqa: E402
+from pipeline_report import candidates, devices, kind_of, median, table  # noqa: E402
 
 SCENARIOS = ("ceiling", "worker", "latency", "device")
-DEFAULT_WAIT_MS = 5.0  # BATCH_MAX_WAIT_MS's default: the latency target is this + 5 ms
-DEFAULT_BATCH = 8  # BATCH_MAX_SIZE's default
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
                    "cores (0.5)")
     p.add_argument("--quiet-wait", type=float, default=30.0,
                    help="longest wait for that, in seconds (30; 0 never waits)")
+    p.add_argument("--quiet-budget", type=float, default=120.0,
+                   help="all those waits together, in seconds (120)")
     p.add_argument("--record", action="store_true", help="append the table to bench/README.md")
     p.add_argument("--json", type=Path, help="also write every run's raw figures here")
     return p
@@ -138,17 +137,21 @@ class Bench:
     hef: Path | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     background: float = 0.0
+    settle_budget: float = 0.0
     round: int = 0
 
     def settle(self) -> None:
         """Wait (a while) for other people's work on this machine to calm down."""
-        deadline = time.monotonic() + self.args.quiet_wait
+        started = time.monotonic()
+        deadline = started + min(self.args.quiet_wait, self.settle_budget)
         while True:
             before = host_busy()
             time.sleep(0.5)
             busy = (host_busy() - before) / 0.5
             if busy <= self.args.quiet_cores or time.monotonic() >= deadline:
                 self.background = busy
+                # A busy machine must not stretch a run without bound: the waits share a budget.
+                self.settle_budget = max(0.0, self.settle_budget - (time.monotonic() - started))
                 return
 
     @contextmanager
@@ -172,7 +175,7 @@ class Bench:
                "WORKER_ID": worker_id, "METRICS_PORT": "0", **settings}
         extra = list(self.args.worker_env)
         if variant:
-            extra.append(f"PYTHONPATH={dict(_candidates(self.args))[variant]}")
+            extra.append(f"PYTHONPATH={dict(candidates(self.args))[variant]}")
         for item in extra:
             name, value = item.split("=", 1)
             if name == "PYTHONPATH" and env.get(name):  # a patched worker and the double
@@ -183,7 +186,7 @@ class Bench:
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             if variant:
-                self._check_import(env, dict(_candidates(self.args))[variant])
+                self._check_import(env, dict(candidates(self.args))[variant])
             if not self.watch.wait(worker_id, "online", 30):
                 raise RuntimeError(f"worker not online; see {log.name}")
             yield proc
@@ -195,7 +198,7 @@ class Bench:
         """A candidate must really run from its directory, not the installed package."""
         out = subprocess.run([sys.executable, "-c", "import worker; print(worker.__file__)"],
                              env=env, cwd=self.workdir, capture_output=True, text=True)
-        if not out.stdout.strip().startswith(where):
+        if not out.stdout.strip().startswith(where.rstrip(os.sep) + os.sep):
             raise RuntimeError(f"the candidate imports {out.stdout.strip()}, not from {where}")
 
     def hailo_settings(self, ms: float, per_frame_ms: float) -> dict[str, str]:
@@ -272,13 +275,9 @@ def _summary(run: dict[str, Any]) -> str:
 # -- the schedule -------------------------------------------------------------------------------
 
 
-def _candidates(args: argparse.Namespace) -> list[tuple[str, str]]:
-    return [(n, str(Path(d).resolve())) for n, d in (c.split("=", 1) for c in args.candidate)]
-
-
 def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
     a = bench.args
-    variants = ["", *(name for name, _ in _candidates(a))]
+    variants = ["", *(name for name, _ in candidates(a))]
     if scenarios & {"ceiling", "worker"}:
         print("throughput (saturating publisher; relay and worker alternate):", file=sys.stderr)
         for rep in range(a.repeats):
@@ -295,7 +294,7 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
                 for v in variants if "worker" in scenarios else []:
                     bench.settle()
                     with bench.worker(v) as worker:
-                        bench.load(_kind("worker", v), form, worker)
+                        bench.load(kind_of("worker", v), form, worker)
     if scenarios & {"latency", "device"}:
         print("latency (steady publisher) and device-bound (saturating):", file=sys.stderr)
         for rep in range(a.repeats):
@@ -303,183 +302,21 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
             print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
             for v in variants if "latency" in scenarios else []:
                 for form in forms:
-                    capacity = _median(bench.runs, _kind("worker", v), form, "rate")
+                    capacity = median(bench.runs, kind_of("worker", v), form, "rate")
                     rates = [("light", a.light_rate), ("heavy", capacity * a.load_fraction)]
                     for name, rate in rates:
                         if rate != rate:  # NaN: the worker's capacity was not measured
                             continue
                         bench.settle()
                         with bench.worker(v) as worker:
-                            bench.load(_kind(f"latency-{name}", v), form, worker, "--mode",
+                            bench.load(kind_of(f"latency-{name}", v), form, worker, "--mode",
                                        "rate", "--rate", f"{rate:.0f}", "--latency")
             for v in variants if "device" in scenarios else []:
                 for ms, per_frame in devices(a):
                     bench.settle()
                     with bench.worker(v, **bench.hailo_settings(ms, per_frame)) as worker:
-                        bench.load(_kind(f"device {ms:g}+{per_frame:g}", v), "bin", worker,
+                        bench.load(kind_of(f"device {ms:g}+{per_frame:g}", v), "bin", worker,
                                    "--device", f"{ms},{per_frame}")
-
-
-def _kind(kind: str, variant: str) -> str:
-    return f"{kind} [{variant}]" if variant else kind
-
-
-def _batch_size(args: argparse.Namespace) -> int:
-    for item in args.worker_env:
-        if item.startswith("BATCH_MAX_SIZE="):
-            return int(item.split("=", 1)[1])
-    return DEFAULT_BATCH
-
-
-def devices(args: argparse.Namespace) -> list[tuple[float, float]]:
-    return [(float(ms), float(pf)) for ms, pf in
-            (item.split(",") for item in args.device or ["1,0.1", "4,0.4"])]
-
-
-# -- the table ----------------------------------------------------------------------------------
-
-
-def _pick(runs: list[dict[str, Any]], kind: str, form: str) -> list[dict[str, Any]]:
-    return [r for r in runs if r["kind"] == kind and r["form"] == form]
-
-
-def _median(runs: list[dict[str, Any]], kind: str, form: str, key: str,
-            get: Callable[[dict[str, Any]], float] | None = None) -> float:
-    values = [get(r) if get else float(r[key]) for r in _pick(runs, kind, form)]
-    return statistics.median(values) if values else float("nan")
-
-
-def _cpu(name: str) -> Callable[[dict[str, Any]], float]:
-    return lambda r: float(r["cpu_us_per_window"].get(name, float("nan")))
-
-
-def _switches(name: str) -> Callable[[dict[str, Any]], float]:
-    return lambda r: float(r.get("switches_per_window", {}).get(name, float("nan")))
-
-
-def _lat(q: str) -> Callable[[dict[str, Any]], float]:
-    return lambda r: float(r["latency_ms"][q]) if "latency_ms" in r else float("nan")
-
-
-def _paired(runs: list[dict[str, Any]], kind: str, form: str,
-            get: Callable[[dict[str, Any]], float]) -> list[float]:
-    """kind / relay, round by round: neighbours in time share the machine's mood."""
-    relay = {r["round"]: get(r) for r in _pick(runs, "relay", form)}
-    return [get(r) / relay[r["round"]] for r in _pick(runs, kind, form) if r["round"] in relay]
-
-
-def _ratio(runs: list[dict[str, Any]], kind: str, form: str,
-           get: Callable[[dict[str, Any]], float]) -> float:
-    ratios = _paired(runs, kind, form, get)
-    return statistics.median(ratios) if ratios else float("nan")
-
-
-def _rate(r: dict[str, Any]) -> float:
-    return float(r["rate"])
-
-
-def table(bench: Bench, forms: list[str]) -> str:
-    a, runs = bench.args, bench.runs
-    variants = ["", *(name for name, _ in _candidates(a))]
-    rows = [f"{'run':<36}{'windows/s':>10}{'x relay':>8}{'CPU us/w':>9}{'x relay':>8}"
-            f"{'ctx/w':>7}{'broker':>7}{'load':>6}{'p50 ms':>8}{'p99 ms':>8}{'others':>7}"]
-    spread = []
-
-    def row(label: str, kind: str, form: str, relay: bool) -> None:
-        if not _pick(runs, kind, form):
-            return
-        rate, cpu = _median(runs, kind, form, "rate"), _median(runs, kind, form, "", _cpu("target"))
-        nan = float("nan")
-        r_rate = _ratio(runs, kind, form, _rate) if relay else nan
-        r_cpu = _ratio(runs, kind, form, _cpu("target")) if relay else nan
-        if relay and kind != "relay":
-            rates = _paired(runs, kind, form, _rate)
-            cpus = _paired(runs, kind, form, _cpu("target"))
-            spread.append(f"  {label}: throughput x {min(rates):.2f}-{max(rates):.2f}, "
-                          f"CPU x {min(cpus):.2f}-{max(cpus):.2f} over {len(rates)} rounds")
-        rows.append(
-            f"{label:<36}{rate:>10.0f}{r_rate:>8.2f}{cpu:>9.1f}{r_cpu:>8.2f}"
-            f"{_median(runs, kind, form, '', _switches('target')):>7.2f}"
-            f"{_median(runs, kind, form, '', _cpu('broker')):>7.1f}"
-            f"{_median(runs, kind, form, '', _cpu('load')):>6.1f}"
-            f"{_median(runs, kind, form, '', _lat('p50')):>8.2f}"
-            f"{_median(runs, kind, form, '', _lat('p99')):>8.2f}"
-            f"{_median(runs, kind, form, 'others_cores'):>7.2f}")
-
-    row("publisher + broker alone (echo)", "publisher", "bin", False)
-    for form in forms:
-        row(f"relay, {form}", "relay", form, True)
-        for v in variants:
-            row(f"worker{' ' + v if v else ''} (stub), {form}", _kind("worker", v), form, True)
-    for v in variants:
-        for form in forms:
-            for load in ("light", "heavy"):
-                kind = _kind(f"latency-{load}", v)
-                picked = _pick(runs, kind, form)
-                if picked:
-                    share = f" ({a.load_fraction:.0%} cap)" if load == "heavy" else ""
-                    rate = statistics.median(r["send_rate"] for r in picked)
-                    row(f"worker{' ' + v if v else ''} {form} @ {rate:.0f}/s{share}", kind, form,
-                        False)
-    legend = textwrap.fill(
-        "x relay: median over rounds of (this run / the relay run of the same round). CPU us/w: "
-        "CPU time of the process, all threads, per answered window; ctx/w: its context switches "
-        "per window; broker, load: their CPU per window in the same runs; others: cores used "
-        "outside the bench meanwhile (noise).", 100)
-    lines = ["\n".join(rows).replace("nan", " - "), legend,
-             *(["paired ratios, lowest-highest:", *spread] if spread else [])]
-    batch = _batch_size(a)
-    for v in variants:
-        for ms, per_frame in devices(a):
-            kind = _kind(f"device {ms:g}+{per_frame:g}", v)
-            if not _pick(runs, kind, "bin"):
-                continue
-            capacity = batch / (ms + per_frame * batch) * 1000
-            rate = _median(runs, kind, "bin", "rate")
-            lines.append(
-                f"worker{' ' + v if v else ''} on the double at {ms:g} ms + {per_frame:g} "
-                f"ms/frame, batch {batch} (capacity {capacity:.0f} w/s): {rate:.0f} w/s = "
-                f"{rate / capacity:.2f} of it; device busy "
-                f"{_median(runs, kind, 'bin', 'device_busy'):.2f}, mean batch "
-                f"{_median(runs, kind, 'bin', 'mean_batch'):.1f}, worker CPU "
-                f"{_median(runs, kind, 'bin', '', _cpu('target')):.0f} us/w, p99 "
-                f"{_median(runs, kind, 'bin', '', _lat('p99')):.0f} ms")
-    for v in variants:
-        lines.extend(_targets(bench, forms, v))
-    return "\n".join(lines)
-
-
-def _targets(bench: Bench, forms: list[str], variant: str) -> list[str]:
-    runs = bench.runs
-    out = [f"targets (issue #7), worker{' ' + variant if variant else ''}:"]
-
-    def check(what: str, value: float, ok: bool) -> None:
-        if value == value:
-            out.append(f"  {'PASS' if ok else 'FAIL'}  {what}: {value:.2f}")
-
-    worker = _kind("worker", variant)
-    w = _median(runs, worker, "bin", "rate")
-    ratio = _ratio(runs, worker, "bin", _rate)
-    check("throughput / relay's, bin (>= 0.90)", ratio, ratio >= 0.9)
-    ratio = _ratio(runs, worker, "bin", _cpu("target"))
-    check("CPU per window / relay's, bin (<= 1.25)", ratio, ratio <= 1.25)
-    limit = DEFAULT_WAIT_MS + 5
-    for form in forms:
-        p99 = _median(runs, _kind("latency-light", variant), form, "", _lat("p99"))
-        check(f"p99 ms at {bench.args.light_rate:g}/s, {form} (<= {limit:g})", p99, p99 <= limit)
-    batch = _batch_size(bench.args)
-    for ms, per_frame in devices(bench.args):
-        kind = _kind(f"device {ms:g}+{per_frame:g}", variant)
-        busy = _median(runs, kind, "bin", "device_busy")
-        what = f"double {ms:g}+{per_frame:g} busy when overloaded (>= 0.90)"
-        capacity = batch / (ms + per_frame * batch) * 1000
-        if busy == busy and capacity > w:
-            # The host cannot offer more than the stub worker's ceiling: no overload to test.
-            out.append(f"  n/a   {what}: {busy:.2f}, but host-bound (capacity "
-                       f"{capacity:.0f} w/s > this worker's stub ceiling {w:.0f})")
-            continue
-        check(what, busy, busy >= 0.9)
-    return out
 
 
 # -- recording ----------------------------------------------------------------------------------
@@ -510,16 +347,17 @@ def commit() -> str:
     return f"{head}{' + uncommitted changes' if dirty else ''}"
 
 
-def record(text: str, header: str) -> None:
+def record(title: str, details: str, text: str) -> None:
     readme = BENCH / "README.md"
     with readme.open("a") as f:
-        f.write(f"\n### {header}\n\n```\n{text}\n```\n")
+        f.write(f"\n### {title}\n\n{details}\n\n```\n{text}\n```\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.quiet_wait = 2.0, 1.0, min(args.quiet_wait, 10.0)
+        args.duration, args.warmup = 2.0, 1.0
+        args.quiet_wait, args.quiet_budget = min(args.quiet_wait, 10.0), min(args.quiet_budget, 60)
     scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     if not scenarios <= set(SCENARIOS) or not set(forms) <= {"bin", "lists"}:
@@ -531,22 +369,24 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         broker = start_broker((REPO / "mosquitto" / "dev.conf").read_text(), workdir / "broker")
         watch = StatusWatch(broker.port)
-        bench = Bench(args, broker, watch, workdir)
+        bench = Bench(args, broker, watch, workdir, settle_budget=args.quiet_budget)
         try:
             execute(bench, scenarios, forms)
         finally:
             watch.close()
             broker.stop()
-    header = (f"{started:%Y-%m-%d %H:%M} UTC, commit {commit()}, {where}; medians of "
-              f"{args.repeats} runs x {args.duration:g} s (+{args.warmup:g} s warm-up), "
-              f"{args.outstanding} outstanding when saturating; "
-              f"{(datetime.now(timezone.utc) - started).total_seconds():.0f} s in all")
-    text = table(bench, forms)
+    title = f"{started:%Y-%m-%d %H:%M} UTC, commit {commit()}"
+    details = (f"{where}; medians of {args.repeats} rounds x {args.duration:g} s "
+               f"(+{args.warmup:g} s warm-up); {args.outstanding} windows outstanding when "
+               f"saturating; {(datetime.now(timezone.utc) - started).total_seconds():.0f} s "
+               f"in all; `{' '.join(['bench_pipeline.py', *(argv or sys.argv[1:])])}`")
+    header = f"{title}\n{details}"
+    text = table(args, bench.runs, forms)
     print(f"\n{header}\n{text}")
     if args.json:
         args.json.write_text(json.dumps({"header": header, "runs": bench.runs}, indent=1))
     if args.record:
-        record(text, header)
+        record(title, details, text)
     return 0
 
 

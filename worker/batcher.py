@@ -31,6 +31,9 @@ class BatchQueue(Generic[T]):
         self._items: deque[T] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        # How many queued windows the waiting consumer needs (0: nobody waits). A put wakes it
+        # only then, not for every window: each wake-up is a context switch.
+        self._want = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -44,7 +47,8 @@ class BatchQueue(Generic[T]):
         with self._cond:
             dropped = self._items.popleft() if len(self._items) >= self.maxsize else None
             self._items.append(item)
-            self._cond.notify()
+            if self._want and len(self._items) >= self._want:
+                self._cond.notify()
         return dropped
 
     def close(self) -> None:
@@ -61,15 +65,19 @@ class BatchQueue(Generic[T]):
         """
         with self._cond:
             if not self._items and not self._closed:
+                self._want = 1
                 self._cond.wait(idle_timeout_s)
             if not self._items:
+                self._want = 0
                 return []
             deadline = self._items[0].received + max_wait_s
+            self._want = max_size
             while len(self._items) < max_size and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            self._want = 0
             n = min(max_size, len(self._items))
             return [self._items.popleft() for _ in range(n)]
 

@@ -30,6 +30,24 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 
 
+class FrozenProperties(Properties):
+    """Publish properties that never change, packed once instead of on every publish."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = super().pack()  # type: ignore[no-untyped-call]
+            # Properties.__setattr__ admits only MQTT property names: bypass it for the cache.
+            self.__dict__["_packed"] = packed
+        return packed
+
+
+def frozen(content_type: str) -> Properties:
+    props = FrozenProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.ContentType = content_type
+    return props
+
+
 def properties(
     content_type: str | None = None,
     response_topic: str | None = None,

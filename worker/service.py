@@ -27,7 +27,7 @@ from worker import backends
 from worker.backends.base import Backend, Floats, InferenceError
 from worker.batcher import BatchQueue
 from worker.metrics import WorkerMetrics
-from worker.mqtt_link import MqttLink, properties
+from worker.mqtt_link import MqttLink, frozen, properties
 from worker.settings import WorkerSettings
 from worker.status import State, Status, will_payload
 from worker.wire import (
@@ -98,8 +98,8 @@ class Worker:
         self.encoding = settings.result_encoding
         content_type = CONTENT_TYPES[self.encoding]
         self._content_type = content_type
-        self._answer_props = properties(content_type=content_type)
-        self._status_props = properties(content_type="application/json")
+        self._answer_props = frozen(content_type)
+        self._status_props = frozen("application/json")
         self._accepting = threading.Event()
         self._stop = threading.Event()
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
@@ -318,7 +318,18 @@ class Worker:
         self.metrics.results.inc(n)
 
     def _call(self, backend: Backend, x: Floats) -> tuple[Floats, Floats]:
-        """Run the backend on the device thread, bounded by DEVICE_TIMEOUT_MS (the watchdog)."""
+        """Run the backend on the device thread, bounded by DEVICE_TIMEOUT_MS (the watchdog).
+
+        Backends without a device (stub, cpu) run inline: they cannot hang on hardware, and a
+        thread hand-off per batch costs more than they do.
+        """
+        if backend.mode != "hailo":
+            try:
+                return backend.infer(x)
+            except InferenceError:
+                raise
+            except Exception as exc:
+                raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
         future = self._device.submit(backend.infer, x)
         timeout = self.settings.device_timeout_ms / 1000 * 2 + 1
         try:
