@@ -164,3 +164,17 @@ run_bounded() {
     "$DOCKER" rm -f "$name" >/dev/null 2>&1 || true
     return $rc
 }
+
+# stage NAME: log the start of a stage and time the one before it into TIMINGS.
+TIMINGS=()
+started_all=$(date +%s)
+stage_started=$started_all
+stage_name=""
+stage() {
+    local now
+    now=$(date +%s)
+    [ -z "$stage_name" ] || TIMINGS+=("$(printf '%-28s %4d s' "$stage_name" $((now - stage_started)))")
+    stage_name=$1
+    stage_started=$now
+    log "== $1"
+}

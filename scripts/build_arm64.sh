@@ -26,19 +26,7 @@ RUN_ID=hailo-arm64-$$
 WORK=$(mktemp -d "/var/tmp/$RUN_ID.XXXXXX")
 CONTAINERS=()
 BROKER_PID=""
-TIMINGS=()
-started_all=$(date +%s)
-stage_started=$started_all
-stage_name=""
 
-stage() {
-    local now
-    now=$(date +%s)
-    [ -z "$stage_name" ] || TIMINGS+=("$(printf '%-24s %4d s' "$stage_name" $((now - stage_started)))")
-    stage_name=$1
-    stage_started=$now
-    log "== $1"
-}
 
 cleanup() {
     local rc=$?

@@ -39,19 +39,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo "$REPO/.venv/bin/python" || 
 RUN_ID=hailo-ci-$$
 WORK=$(mktemp -d "/var/tmp/$RUN_ID.XXXXXX")
 CONTAINERS=()
-TIMINGS=()
-started_all=$(date +%s)
-stage_started=$started_all
-stage_name=""
 
-stage() {
-    local now
-    now=$(date +%s)
-    [ -z "$stage_name" ] || TIMINGS+=("$(printf '%-28s %4d s' "$stage_name" $((now - stage_started)))")
-    stage_name=$1
-    stage_started=$now
-    log "== $1"
-}
 
 cleanup() {
     local rc=$?
