@@ -178,3 +178,23 @@ stage() {
     stage_started=$now
     log "== $1"
 }
+
+# finish_run RC: the end of a run (an EXIT trap): on failure the logs of CONTAINERS, then those
+# containers and WORK removed, a dockerd started here stopped (unless KEEP_DOCKERD=1), the
+# stage timings, and exit RC.
+finish_run() {
+    local rc=$1 c
+    if [ "$rc" -ne 0 ]; then
+        for c in "${CONTAINERS[@]}"; do
+            log "--- docker logs $c (last 40 lines)"
+            "$DOCKER" logs --tail 40 "$c" 2>&1 | sed 's/^/    /' >&2
+        done
+    fi
+    [ ${#CONTAINERS[@]} -eq 0 ] || "$DOCKER" rm -f "${CONTAINERS[@]}" >/dev/null 2>&1
+    rm -rf "$WORK"
+    [ "${KEEP_DOCKERD:-0}" = 1 ] || stop_dockerd
+    stage "done"
+    printf '%s\n' "${TIMINGS[@]}" >&2
+    log "total $(( $(date +%s) - started_all )) s: $([ "$rc" -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
+    exit "$rc"
+}

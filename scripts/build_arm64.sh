@@ -31,20 +31,8 @@ BROKER_PID=""
 cleanup() {
     local rc=$?
     set +e
-    if [ $rc -ne 0 ]; then
-        for c in "${CONTAINERS[@]}"; do
-            log "--- docker logs $c (last 30 lines)"
-            "$DOCKER" logs --tail 30 "$c" 2>&1 | sed 's/^/    /' >&2
-        done
-    fi
-    [ ${#CONTAINERS[@]} -eq 0 ] || "$DOCKER" rm -f "${CONTAINERS[@]}" >/dev/null 2>&1
     [ -z "$BROKER_PID" ] || { kill "$BROKER_PID"; wait "$BROKER_PID"; } 2>/dev/null
-    rm -rf "$WORK"
-    [ "${KEEP_DOCKERD:-0}" = 1 ] || stop_dockerd
-    stage "done"
-    printf '%s\n' "${TIMINGS[@]}" >&2
-    log "total $(( $(date +%s) - started_all )) s: $([ $rc -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
-    exit $rc
+    finish_run "$rc"
 }
 trap cleanup EXIT
 
