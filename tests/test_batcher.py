@@ -1,80 +1,71 @@
-"""The adaptive batcher: full batches go at once, partial ones at the first window's deadline."""
+"""The adaptive batcher: full batches are due at once, partial ones at the first window's deadline."""
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from worker.batcher import BatchQueue
 
+T0 = 1000.0  # a fixed clock: the queue never reads the time itself
+
 
 @dataclass
 class Item:
     n: int
-    received: float = field(default_factory=time.monotonic)
+    received: float = T0
 
 
 @pytest.mark.parametrize("max_size", [1, 2, 8, 256])
-def test_full_batch_is_released_without_waiting(max_size: int) -> None:
-    q: BatchQueue[Item] = BatchQueue(1000)
-    for i in range(max_size):
+def test_full_batch_is_due_without_waiting(max_size: int) -> None:
+    q: BatchQueue[Item] = BatchQueue(1000, max_size, max_wait_s=5.0)
+    for i in range(max_size - 1):
         q.put(Item(i))
-    started = time.monotonic()
-    batch = q.get_batch(max_size, max_wait_s=5.0)
-    assert [it.n for it in batch] == list(range(max_size))
-    assert time.monotonic() - started < 1.0  # far below the 5 s deadline
+    assert q.due(T0) == 0 or max_size == 1
+    q.put(Item(max_size - 1))
+    assert q.due(T0) == max_size and q.wait_s(T0, 1.0) == 0.0
+    assert [it.n for it in q.take(max_size)] == list(range(max_size))
+    assert not q
 
 
-def test_partial_batch_waits_from_the_first_windows_receipt() -> None:
-    q: BatchQueue[Item] = BatchQueue(100)
-    q.put(Item(0, received=time.monotonic() - 0.2))  # already waited past the deadline
-    started = time.monotonic()
-    batch = q.get_batch(8, max_wait_s=0.1)
-    assert len(batch) == 1 and time.monotonic() - started < 0.05
-
-    q.put(Item(1))
-    started = time.monotonic()
-    batch = q.get_batch(8, max_wait_s=0.1)
-    waited = time.monotonic() - started
-    assert len(batch) == 1 and 0.08 < waited < 1.0
+def test_partial_batch_is_due_at_the_first_windows_deadline() -> None:
+    q: BatchQueue[Item] = BatchQueue(100, 8, max_wait_s=0.1)
+    q.put(Item(0, received=T0))
+    q.put(Item(1, received=T0 + 0.05))  # a later arrival does not move the deadline
+    assert q.due(T0 + 0.06) == 0
+    assert q.wait_s(T0 + 0.06, 1.0) == pytest.approx(0.04)
+    assert q.due(T0 + 0.1) == 2
+    assert [it.n for it in q.take(2)] == [0, 1]
 
 
-def test_late_arrivals_join_the_batch_until_it_is_full() -> None:
-    q: BatchQueue[Item] = BatchQueue(100)
-    q.put(Item(0))
-
-    def feed() -> None:
-        for i in range(1, 4):
-            time.sleep(0.01)
-            q.put(Item(i))
-
-    threading.Thread(target=feed).start()
-    batch = q.get_batch(4, max_wait_s=2.0)
-    assert [it.n for it in batch] == [0, 1, 2, 3]
+def test_a_batch_takes_at_most_the_batch_size_and_the_rest_follows() -> None:
+    q: BatchQueue[Item] = BatchQueue(100, 4, max_wait_s=0.1)
+    for i in range(6):
+        q.put(Item(i))
+    assert q.due(T0) == 4 and [it.n for it in q.take(4)] == [0, 1, 2, 3]
+    assert q.due(T0) == 0 and q.due(T0 + 0.1) == 2
 
 
 @pytest.mark.parametrize("maxsize", [1, 3])
 def test_full_queue_pushes_out_the_oldest(maxsize: int) -> None:
-    q: BatchQueue[Item] = BatchQueue(maxsize)
+    q: BatchQueue[Item] = BatchQueue(maxsize, 8, 0.1)
     dropped = [q.put(Item(i)) for i in range(maxsize + 2)]
     assert [d.n if d else None for d in dropped] == [None] * maxsize + [0, 1]
     assert len(q) == maxsize
 
 
-def test_closed_queue_drains_then_returns_empty() -> None:
-    q: BatchQueue[Item] = BatchQueue(10)
-    for i in range(3):
-        q.put(Item(i))
+def test_closed_queue_makes_everything_due_at_once() -> None:
+    q: BatchQueue[Item] = BatchQueue(10, 2, max_wait_s=10.0)
+    q.put(Item(0))
+    assert q.due(T0) == 0
     q.close()
-    assert len(q.get_batch(2, 10.0)) == 2
-    assert len(q.get_batch(2, 10.0)) == 1
-    started = time.monotonic()
-    assert q.get_batch(2, 10.0) == [] and time.monotonic() - started < 0.1
+    assert q.closed and q.due(T0) == 1 and q.wait_s(T0, 1.0) == 0.0
 
 
-def test_idle_queue_returns_empty_after_the_idle_timeout() -> None:
-    q: BatchQueue[Item] = BatchQueue(10)
-    assert q.get_batch(8, 0.005, idle_timeout_s=0.05) == []
+def test_empty_queue_sleeps_the_idle_time_and_drains_to_empty() -> None:
+    q: BatchQueue[Item] = BatchQueue(10, 8, 0.005)
+    assert q.wait_s(T0, 0.5) == 0.5 and q.due(T0) == 0 and q.take(8) == []
+    q.put(Item(0))
+    q.put(Item(1))
+    assert [it.n for it in q.drain()] == [0, 1] and not q

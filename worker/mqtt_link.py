@@ -1,8 +1,13 @@
 """The MQTT link: one paho-mqtt 2.x client (MQTT v5) with what every process here needs.
 
-Credentials and TLS from the settings, a last will, reconnects with backoff (paho's own loop,
-which also retries the very first connection), subscriptions renewed on every connect, and
-QoS 1 publishes whose broker acknowledgement (PUBACK) can be waited on through a callback.
+Credentials and TLS from the settings, a last will, reconnects with backoff (the very first
+connection is retried too), subscriptions renewed on every connect, and QoS 1 publishes whose
+broker acknowledgement (PUBACK) can be waited on through a callback.
+
+The network thread is ours rather than paho's `loop_start()`: it calls paho's public `loop()`
+and, between passes, the owner's `on_tick` hook, so the owner can batch and answer windows on
+the thread that reads them, with no hand-off to another thread for every window (each costs
+a context switch, which measured more than all the worker's own computing: bench/README.md).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from worker.settings import CommonSettings
 
 OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+OnTick = Callable[[], float]
 RECEIVE_MAXIMUM = 65535  # let the broker send everything: QUEUE_MAX is our backpressure
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
@@ -76,6 +83,8 @@ class MqttLink:
         will: (topic, payload) published retained at QoS 1 by the broker if we vanish.
         manual_ack: QoS 1 messages are acknowledged only by `ack()`, never automatically.
         on_connected / on_disconnected: hooks run on the network thread.
+        on_tick: run on the network thread after every pass of paho's loop (a pass returns on
+            traffic, or when the previous tick's answer, in seconds, has elapsed).
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class MqttLink:
         manual_ack: bool = False,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
+        on_tick: OnTick | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.log = logger or logging.getLogger("worker.mqtt")
@@ -101,6 +111,7 @@ class MqttLink:
         self.session_expiry_s = session_expiry_s
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
+        self.on_tick = on_tick
         self.connected = threading.Event()
         self.last_error = "not connected yet"
 
@@ -122,6 +133,9 @@ class MqttLink:
             manual_ack=manual_ack,
         )
         self._stopping = False
+        self._wake = threading.Event()  # cuts short a wait between reconnect attempts
+        self._retry_delay = float(RECONNECT_MIN_S)
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         paho_log = logging.getLogger(f"paho.{client_id}")
         # paho's loop logs "Client is not connected" when it races a clean disconnect.
         paho_log.addFilter(lambda record: not self._stopping)
@@ -129,7 +143,6 @@ class MqttLink:
         # paho's send queue is rescanned on every ack: a bounded in-flight window keeps it cheap,
         # while a larger queue lets bursts wait in paho rather than fail.
         client.max_inflight_messages_set(200)
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         if settings.mqtt_username:
             password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
             client.username_pw_set(settings.mqtt_username, password)
@@ -147,6 +160,9 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
+        # With this set, paho never writes to the socket from the publishing thread: our loop
+        # writes, woken by paho's socket pair, so only one thread ever touches the socket.
+        client.on_socket_register_write = _nothing
         if on_message is not None:
             client.on_message = on_message
         self.client = client
@@ -154,7 +170,7 @@ class MqttLink:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background; paho retries with backoff until `stop()`."""
+        """Connect in the background, retrying with backoff until `stop()`."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -165,14 +181,50 @@ class MqttLink:
             clean_start=self.clean_start,
             properties=props,
         )
-        self.client.loop_start()
+        self._thread.start()
 
     def stop(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread."""
         self._stopping = True
         self.client.disconnect()
-        self.client.loop_stop()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.connected.clear()
+
+    def _run(self) -> None:
+        client = self.client
+        timeout = 0.0
+        retry_at = 0.0
+        while True:
+            try:
+                if client.socket() is not None:
+                    client.loop(timeout)
+                    if client.socket() is None and not self._stopping:
+                        retry_at = self._backoff()
+                elif self._stopping:
+                    return
+                elif time.monotonic() >= retry_at:
+                    try:
+                        client.reconnect()
+                    except OSError as exc:
+                        self.last_error = f"cannot reach the broker: {exc}"
+                        self.log.warning("%s (%s:%s); retrying in %.0f s", self.last_error,
+                                         self.settings.mqtt_host, self.settings.mqtt_port,
+                                         self._retry_delay)
+                        retry_at = self._backoff()
+                else:
+                    self._wake.wait(min(timeout, retry_at - time.monotonic()))
+                timeout = self.on_tick() if self.on_tick is not None else 1.0
+            except Exception:  # the network thread must outlive any bug in a callback
+                self.log.exception("unexpected failure in the network loop")
+                timeout = 0.1
+
+    def _backoff(self) -> float:
+        """When to try the next connection: 1, 2, 4 ... 30 s after each failure."""
+        retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, RECONNECT_MAX_S)
+        return retry_at
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -299,6 +351,7 @@ class MqttLink:
         if self.subscriptions:
             client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
         self.last_error = ""
+        self._retry_delay = float(RECONNECT_MIN_S)
         self.connected.set()
         if self.on_connected is not None:
             self.on_connected()
@@ -319,3 +372,7 @@ class MqttLink:
             self.log.warning("%s; reconnecting with backoff", self.last_error)
         if was_connected and self.on_disconnected is not None:
             self.on_disconnected(self.last_error)
+
+
+def _nothing(*args: Any) -> None:
+    pass

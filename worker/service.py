@@ -1,9 +1,11 @@
 """The worker: broker -> decode -> queue -> batch -> backend -> publish.
 
-Threads: paho's network thread decodes each window and queues it (never blocking on
-inference); one batch thread forms batches and publishes answers; one device thread runs the
-backend so that a hung device call is bounded (the watchdog) instead of stalling everything;
-the main thread refreshes the status and waits for a stop signal.
+Threads: the MQTT network thread reads and decodes each window, queues it, and between
+passes over the socket takes the batches that are due: it runs a `stub` or `cpu` batch itself
+and answers it, and hands a `hailo` batch to the device runner, whose thread answers it. It
+reads everything waiting before each batch, so under overload the queue fills and the oldest
+windows are answered `overloaded` rather than waiting in the broker. The main thread
+refreshes the status and waits for a stop signal.
 
 A QoS 1 window is acknowledged to the broker only after the broker has acknowledged every
 answer to it, so a crash loses nothing: unacknowledged windows are redelivered.
@@ -11,7 +13,6 @@ answer to it, so a crash loses nothing: unacknowledged windows are redelivered.
 
 from __future__ import annotations
 
-import concurrent.futures
 import gc
 import json
 import logging
@@ -24,8 +25,16 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from worker import backends
-from worker.backends.base import Backend, Floats, InferenceError
+from worker.backends.base import (
+    PIPELINE_DEPTH,
+    Backend,
+    Floats,
+    InferenceError,
+    Pending,
+    Pipelined,
+)
 from worker.batcher import BatchQueue
+from worker.device import DeviceRunner
 from worker.metrics import WorkerMetrics
 from worker.mqtt_link import MqttLink, frozen, properties
 from worker.settings import WorkerSettings
@@ -46,6 +55,8 @@ REOPEN_MIN_S = 1.0
 REOPEN_MAX_S = 30.0
 STOP_DRAIN_S = 10.0
 UNSUBSCRIBE_WAIT_S = 2.0
+IDLE_TICK_S = 0.5  # how often the network thread looks around when nothing happens
+BUSY_TICK_S = 0.05  # ... and while every device slot is taken (answers wake it sooner)
 
 
 @dataclass(slots=True)
@@ -75,6 +86,81 @@ class _AckWhenAnswered:
             self.link.ack(self.mid, 1)
 
 
+class _Batch:
+    """A batch of jobs: started (on the device, if there is one), then finished (answered).
+
+    Whoever claims it first answers it: its own finish, or the watchdog when the device call
+    hangs (a stuck call that returns later finds the batch claimed and publishes nothing).
+    """
+
+    __slots__ = ("_claims", "backend", "jobs", "limit_s", "outcome", "started", "worker", "x")
+    overlaps = True
+
+    def __init__(self, worker: Worker, jobs: list[Job], limit_s: float) -> None:
+        self.worker, self.jobs, self.limit_s = worker, jobs, limit_s
+        self.x = np.stack([job.window.x for job in jobs])
+        self.backend: Backend | None = None
+        self.outcome: Pending | None = None
+        self.started = 0.0
+        self._claims = [True]
+
+    def claim(self) -> bool:
+        try:
+            return self._claims.pop()  # atomic: exactly one caller gets True
+        except IndexError:
+            return False
+
+    def start(self) -> None:
+        self.backend = backend = self.worker.active
+        self.started = time.monotonic()
+        if backend is not None:
+            self.outcome = _start(backend, self.x)
+
+    def finish(self) -> None:
+        self.worker._finish(self)
+
+    def abandoned(self, why: str) -> None:
+        if self.claim():
+            for job in self.jobs:
+                self.worker._error(job, "inference_failed", f"Inference failed: {why}")
+
+
+class _Reopen:
+    """A device reopen attempt, run on the device thread once the device is empty."""
+
+    __slots__ = ("limit_s", "worker")
+    overlaps = False
+
+    def __init__(self, worker: Worker, limit_s: float) -> None:
+        self.worker, self.limit_s = worker, limit_s
+
+    def start(self) -> None:
+        self.worker._reopen()
+
+    def finish(self) -> None:
+        pass
+
+    def abandoned(self, why: str) -> None:
+        self.worker._reopen_failed(why)
+
+
+def _start(backend: Backend, x: Floats) -> Pending:
+    """Start `x` on `backend`; the result (or the InferenceError) comes from calling it."""
+    try:
+        if isinstance(backend, Pipelined):
+            return backend.submit(x)
+        done = backend.infer(x)
+        return lambda: done
+    except Exception as exc:
+        error = exc if isinstance(exc, InferenceError) else InferenceError(
+            f"{type(exc).__name__}: {exc}")
+
+        def fail() -> tuple[Floats, Floats]:
+            raise error
+
+        return fail
+
+
 class Worker:
     def __init__(
         self,
@@ -88,7 +174,9 @@ class Worker:
         self.fallback = fallback
         self.active: Backend | None = primary
         self.metrics = metrics or WorkerMetrics()
-        self.queue: BatchQueue[Job] = BatchQueue(settings.queue_max)
+        self.queue: BatchQueue[Job] = BatchQueue(
+            settings.queue_max, settings.batch_max_size, settings.batch_max_wait_ms / 1000
+        )
         self.status = Status(
             worker_id=settings.worker_id,
             mode=primary.mode,
@@ -101,10 +189,15 @@ class Worker:
         self._answer_props = frozen(content_type)
         self._status_props = frozen("application/json")
         self._accepting = threading.Event()
-        self._stop = threading.Event()
-        self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
+        self._serving = False  # batches wait until the warm-up is done
+        self._drained = threading.Event()
+        # Only a device can hang, and only a device runs beside the host: stub and cpu
+        # batches run on the network thread, where a hand-off would cost more than they do.
+        self._runner = DeviceRunner(PIPELINE_DEPTH) if primary.mode == "hailo" else None
+        self._batch_limit_s = settings.device_timeout_ms / 1000 * 2 + 1
         self._reopen_at = 0.0
         self._reopen_delay = REOPEN_MIN_S
+        self._reopening = False
         self._status_lock = threading.Lock()
         self.link = MqttLink(
             settings,
@@ -117,8 +210,8 @@ class Worker:
             manual_ack=True,
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
+            on_tick=self._tick,
         )
-        self._batcher = threading.Thread(target=self._batch_loop, name="batcher", daemon=True)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -128,7 +221,7 @@ class Worker:
         self._accepting.set()
         self.link.start()  # the status says `starting` until the warm-up is done
         self._warm_up()
-        self._batcher.start()
+        self._serving = True
         if not self.primary.available:
             self._device_down(self.primary, "the device could not be opened at start")
         else:
@@ -159,13 +252,16 @@ class Worker:
                         UNSUBSCRIBE_WAIT_S)
         self._accepting.clear()  # later arrivals stay unacknowledged: the broker redelivers them
         self.queue.close()
-        self._batcher.join(STOP_DRAIN_S)
+        if not self._drained.wait(STOP_DRAIN_S):
+            log.warning("%d windows were still queued when the drain time ran out",
+                        len(self.queue))
         if not self.link.wait_all_acked(STOP_DRAIN_S / 2):
             log.warning("some answers were not acknowledged by the broker before stopping")
         self._set_state("stopped")
         self.link.wait_all_acked(2.0)
         self.link.stop()
-        self._device.shutdown(wait=False)
+        if self._runner is not None:
+            self._runner.close()
         for backend in (self.primary, self.fallback):
             if backend is not None:
                 backend.close()
@@ -215,7 +311,7 @@ class Worker:
             self.status.extra["temperature_c"] = round(float(temperature), 1)
             self.metrics.temperature.set(temperature)
 
-    # -- receiving (paho's network thread) ---------------------------------------------------
+    # -- receiving (the network thread) ------------------------------------------------------
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if not self._accepting.is_set():
@@ -255,52 +351,96 @@ class Worker:
             self._error(dropped, "overloaded",
                         f"The worker's queue is full (QUEUE_MAX={self.settings.queue_max}); "
                         "this window waited longest and was dropped.")
-        self.metrics.queue_depth.set(len(self.queue))
 
-    # -- batching and inference (the batch thread) -------------------------------------------
+    # -- batching (the network thread, between passes over the socket) -----------------------
 
-    def _batch_loop(self) -> None:
-        wait_s = self.settings.batch_max_wait_ms / 1000
-        while True:
-            jobs = self.queue.get_batch(self.settings.batch_max_size, wait_s)
-            self.metrics.queue_depth.set(len(self.queue))
-            if self.active is not self.primary:
-                self._maybe_reopen()
-            if jobs:
-                try:
-                    self._run_batch(jobs)
-                except Exception:  # a bug here must not silence the worker
-                    log.exception("batch of %d failed unexpectedly", len(jobs))
-                    for job in jobs:
-                        self._error(job, "inference_failed", "The worker failed on this batch.")
-            elif self.queue.closed:
-                return
+    def _tick(self) -> float:
+        """Start the batches that are due; return how long the network thread may sleep."""
+        if not self._serving:
+            return IDLE_TICK_S
+        now = time.monotonic()
+        queue, runner = self.queue, self._runner
+        if runner is None:
+            n = queue.due(now)
+            if n:
+                # One batch, then back to the socket: whatever arrived meanwhile is read (and
+                # shed if the queue is full) before the next batch, so reading keeps ahead.
+                batch = _Batch(self, queue.take(n), 0.0)
+                batch.start()
+                self._finish(batch)
+            wait = 0.0 if n else queue.wait_s(now, IDLE_TICK_S)
+        else:
+            wait = self._feed_device(runner, now)
+        self.metrics.queue_depth.set(len(queue))
+        if queue.closed and not queue and (runner is None or not runner):
+            self._drained.set()
+        return wait
 
-    def _run_batch(self, jobs: list[Job]) -> None:
-        backend = self.active
-        if backend is None:
-            for job in jobs:
-                self._error(job, "inference_failed",
-                            f"The device is down and no fallback is set: {self.status.detail}")
+    def _feed_device(self, runner: DeviceRunner, now: float) -> float:
+        overdue = runner.overdue_s(now)
+        if overdue > 0:
+            self._watchdog(runner)
+        if self.active is not self.primary and not self._reopening and now >= self._reopen_at:
+            self._reopening = True
+            runner.submit(_Reopen(self, self.settings.device_timeout_ms / 1000 * 2 + 5))
+        while runner.has_room and (n := self.queue.due(now)):
+            runner.submit(_Batch(self, self.queue.take(n), self._batch_limit_s))
+        if not runner.has_room:
+            return min(BUSY_TICK_S, max(0.0, -runner.overdue_s(now)))
+        return self.queue.wait_s(now, IDLE_TICK_S)
+
+    def _watchdog(self, runner: DeviceRunner) -> None:
+        tasks = runner.abandon()
+        why = f"the {self.primary.mode} backend did not return within {tasks[0].limit_s:.1f} s"
+        log.warning("%s: giving up on it", why)
+        for task in tasks:
+            if isinstance(task, _Batch | _Reopen):
+                task.abandoned(why)
+        if any(isinstance(task, _Batch) for task in tasks) and self.active is self.primary:
+            self._device_down(self.primary, why)
+
+    # -- answering a batch (the network thread for stub and cpu, the device thread for hailo) -
+
+    def _finish(self, batch: _Batch) -> None:
+        jobs, backend = batch.jobs, batch.backend
+        if backend is None or batch.outcome is None:
+            if batch.claim():
+                for job in jobs:
+                    self._error(job, "inference_failed",
+                                f"The device is down and no fallback is set: {self.status.detail}")
             return
-        x = np.stack([job.window.x for job in jobs])
-        started = time.monotonic()
         try:
-            latent, motifs = self._call(backend, x)
+            latent, motifs = batch.outcome()
         except InferenceError as exc:
+            active = self.active
+            if exc.device_lost and backend is self.primary and active not in (backend, None):
+                # It was on the device when an earlier batch found the device lost: the
+                # fallback answers it, as it answers everything after.
+                assert active is not None
+                batch.backend, batch.outcome = active, _start(active, batch.x)
+                self._finish(batch)
+                return
+            if not batch.claim():
+                return
             log.warning("%s backend failed a batch of %d: %s", backend.mode, len(jobs), exc)
             for job in jobs:
                 self._error(job, "inference_failed", f"Inference failed: {exc}")
-            if exc.device_lost and backend is self.primary:
+            if exc.device_lost and backend is self.primary and self.active is backend:
                 self._device_down(backend, str(exc))
             return
+        if not batch.claim():
+            return  # the watchdog answered this batch while the call hung
         if not (np.isfinite(latent).all() and np.isfinite(motifs).all()):
             # A model that yields NaN is broken for these inputs: say so rather than publish it.
             for job in jobs:
                 self._error(job, "inference_failed", "The model produced NaN or infinity.")
             return
-        self.metrics.inference_seconds.observe(time.monotonic() - started)
+        self.metrics.inference_seconds.observe(time.monotonic() - batch.started)
         self.metrics.batch_size.observe(len(jobs))
+        self._publish_results(jobs, backend, latent, motifs)
+
+    def _publish_results(self, jobs: list[Job], backend: Backend, latent: Floats,
+                         motifs: Floats) -> None:
         n = len(jobs)
         latents, scores = latent.tolist(), motifs.tolist()
         for i, job in enumerate(jobs):
@@ -317,34 +457,7 @@ class Worker:
             self._answer(job, "result", doc)
         self.metrics.results.inc(n)
 
-    def _call(self, backend: Backend, x: Floats) -> tuple[Floats, Floats]:
-        """Run the backend on the device thread, bounded by DEVICE_TIMEOUT_MS (the watchdog).
-
-        Backends without a device (stub, cpu) run inline: they cannot hang on hardware, and a
-        thread hand-off per batch costs more than they do.
-        """
-        if backend.mode != "hailo":
-            try:
-                return backend.infer(x)
-            except InferenceError:
-                raise
-            except Exception as exc:
-                raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
-        future = self._device.submit(backend.infer, x)
-        timeout = self.settings.device_timeout_ms / 1000 * 2 + 1
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            # The device thread is stuck inside the backend: abandon it, use a fresh one.
-            self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
-            raise InferenceError(
-                f"the {backend.mode} backend did not return within {timeout:.1f} s",
-                device_lost=True,
-            ) from None
-        except InferenceError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+    # -- device loss and recovery ------------------------------------------------------------
 
     def _device_down(self, backend: Backend, reason: str) -> None:
         self.active = self.fallback
@@ -356,22 +469,24 @@ class Worker:
         self._set_state("degraded", mode=serving.mode, model=serving.model_id,
                         detail=f"{backend.mode} unavailable ({reason}){how}")
 
-    def _maybe_reopen(self) -> None:
-        if time.monotonic() < self._reopen_at:
-            return
-        future = self._device.submit(self.primary.reopen)
+    def _reopen(self) -> None:
         try:
-            future.result(self.settings.device_timeout_ms / 1000 * 2 + 5)
+            self.primary.reopen()
         except Exception as exc:
-            self._reopen_delay = min(self._reopen_delay * 2, REOPEN_MAX_S)
-            self._reopen_at = time.monotonic() + self._reopen_delay
-            log.info("%s still unavailable (%s); next try in %.0f s",
-                     self.primary.mode, exc, self._reopen_delay)
+            self._reopen_failed(str(exc))
             return
         self.active = self.primary
+        self._reopening = False
         self.metrics.device_up.set(1)
         log.info("%s is back", self.primary.mode)
         self._set_state("online", mode=self.primary.mode, model=self.primary.model_id)
+
+    def _reopen_failed(self, why: str) -> None:
+        self._reopen_delay = min(self._reopen_delay * 2, REOPEN_MAX_S)
+        self._reopen_at = time.monotonic() + self._reopen_delay
+        self._reopening = False
+        log.info("%s still unavailable (%s); next try in %.0f s",
+                 self.primary.mode, why, self._reopen_delay)
 
     # -- answering ---------------------------------------------------------------------------
 

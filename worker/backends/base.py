@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.float32]
+Pending = Callable[[], tuple[Floats, Floats]]
+"""A batch started on a device: calling it waits for the answer (or raises InferenceError)."""
+PIPELINE_DEPTH = 2
+"""Batches a pipelined backend accepts on its device at once."""
 
 
 class InferenceError(Exception):
@@ -58,4 +63,13 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the model and any device. Safe to call twice."""
+        ...
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """A backend with a device beside the host, which can start a batch and return at once."""
+
+    def submit(self, windows: Floats) -> Pending:
+        """Start a batch (as `Backend.infer` takes it); at most PIPELINE_DEPTH at once."""
         ...

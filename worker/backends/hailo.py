@@ -22,20 +22,21 @@ backend's life, and a pool of BATCH_MAX_SIZE Bindings (one Bindings is one frame
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from worker.backends.base import Floats, InferenceError
+from worker.backends.base import PIPELINE_DEPTH, Floats, InferenceError, Pending
 from worker.hef import verify_hef
 from worker.settings import ConfigError, WorkerSettings
 
@@ -159,7 +160,8 @@ class _Open:
     vdevice: Any
     model: Any = None
     configured: Any = None
-    slots: list[_Slot] = field(default_factory=list)
+    slot_sets: list[list[_Slot]] = field(default_factory=list)
+    turn: int = 0  # which slot set the last batch used
     queue_size: int = 1
     devices: list[Any] = field(default_factory=list)
     identity: dict[str, object] = field(default_factory=dict)
@@ -219,7 +221,7 @@ class HailoBackend:
         self._open = opened
         self.unavailable_reason = None
         log.info("hailo device open: %s, %d bindings, async queue %d", opened.identity,
-                 len(opened.slots), opened.queue_size)
+                 sum(map(len, opened.slot_sets)), opened.queue_size)
 
     def _configure(self, opened: _Open) -> None:
         hp, model, layout = self._rt.hp, opened.model, self.layout
@@ -235,10 +237,13 @@ class HailoBackend:
                            f"{layout.outputs})")
         opened.configured = model.configure()
         opened.configured.__enter__()
-        for _ in range(self._batch):
-            buffers = {n: np.empty(s, dtype=np.float32) for n, s in layout.outputs.items()}
-            opened.slots.append(
-                _Slot(opened.configured.create_bindings(output_buffers=buffers), buffers))
+        for _ in range(PIPELINE_DEPTH):
+            slots = []
+            for _ in range(self._batch):
+                buffers = {n: np.empty(s, dtype=np.float32) for n, s in layout.outputs.items()}
+                slots.append(
+                    _Slot(opened.configured.create_bindings(output_buffers=buffers), buffers))
+            opened.slot_sets.append(slots)
         opened.queue_size = max(1, int(opened.configured.get_async_queue_size()))
         opened.identity, opened.devices = self._identify(opened.vdevice)
 
@@ -269,7 +274,7 @@ class HailoBackend:
             _quietly(opened.configured.shutdown)
             _quietly(lambda: opened.configured.__exit__(None, None, None))
         # HailoRT keeps the chip open while any InferModel lives: drop them before release.
-        opened.slots.clear()
+        opened.slot_sets.clear()
         opened.devices.clear()
         opened.configured = None
         opened.model = None
@@ -283,38 +288,63 @@ class HailoBackend:
     # -- Backend interface ------------------------------------------------------------------
 
     def infer(self, windows: Floats) -> tuple[Floats, Floats]:
+        return self.submit(windows)()
+
+    def submit(self, windows: Floats) -> Pending:
+        """Start a batch on the chip and return at once; call the result to wait for it.
+
+        Up to PIPELINE_DEPTH batches may be on the chip at once (each has its own bindings),
+        so the host can answer one batch while the chip runs the next.
+        """
         with self._lock:
             opened = self._open
             if opened is None or self.unavailable_reason is not None:
                 raise InferenceError(f"hailo device unavailable: {self.unavailable_reason}",
                                      device_lost=True)
             n = int(windows.shape[0])
-            if not 1 <= n <= len(opened.slots):
-                raise InferenceError(f"batch of {n} windows; BATCH_MAX_SIZE is {len(opened.slots)}")
+            if not 1 <= n <= self._batch:
+                raise InferenceError(f"batch of {n} windows; BATCH_MAX_SIZE is {self._batch}")
             if math.prod(windows.shape[1:]) != math.prod(self.layout.input_shape):
                 raise InferenceError(f"windows of shape {windows.shape[1:]} do not fit the HEF's "
                                      f"input {self.layout.input_shape}")
             frames = np.ascontiguousarray(windows, dtype=np.float32).reshape(
                 (n, *self.layout.input_shape))
-            slots = opened.slots[:n]
-            try:
-                self._run(opened, frames, slots)
-            except self._rt.rt.HailoRTException as exc:
-                traceback.clear_frames(exc.__traceback__)  # see _open_device
-                if isinstance(exc, self._rt.rt.HailoRTTimeout):
-                    reason = (f"no answer from the device within "
-                              f"DEVICE_TIMEOUT_MS={self._timeout_ms}")
-                else:
-                    reason = f"{type(exc).__name__}: {exc}"
-                self._set_unavailable(reason)
-                raise InferenceError(f"hailo: {reason}", device_lost=True) from exc
+            opened.turn = (opened.turn + 1) % len(opened.slot_sets)
+            slots = opened.slot_sets[opened.turn][:n]
+            # DEVICE_TIMEOUT_MS bounds the whole batch, however many chunks and waits it takes.
+            deadline = time.monotonic() + self._timeout_ms / 1000
+            errors: list[BaseException] = []
+            with self._device_errors():
+                jobs = self._start(opened, frames, slots, deadline, errors)
+
+        def result() -> tuple[Floats, Floats]:
+            with self._device_errors():
+                for job in jobs:
+                    job.wait(_left_ms(deadline))
+                if errors:
+                    raise errors[0]
             latent = np.stack([s.outputs[self.layout.latent_name].reshape(-1) for s in slots])
             motifs = np.stack([s.outputs[self.layout.motif_name].reshape(-1) for s in slots])
             return latent, motifs
 
-    def _run(self, opened: _Open, frames: np.ndarray, slots: list[_Slot]) -> None:
-        errors: list[BaseException] = []
+        return result
 
+    @contextlib.contextmanager
+    def _device_errors(self) -> Iterator[None]:
+        """HailoRT's errors as InferenceError(device_lost): the device needs a reopen."""
+        try:
+            yield
+        except self._rt.rt.HailoRTException as exc:
+            traceback.clear_frames(exc.__traceback__)  # see _open_device
+            if isinstance(exc, self._rt.rt.HailoRTTimeout):
+                reason = f"no answer from the device within DEVICE_TIMEOUT_MS={self._timeout_ms}"
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            self._set_unavailable(reason)
+            raise InferenceError(f"hailo: {reason}", device_lost=True) from exc
+
+    def _start(self, opened: _Open, frames: np.ndarray, slots: list[_Slot], deadline: float,
+               errors: list[BaseException]) -> list[Any]:
         def done(completion_info: Any) -> None:
             # A failed job does not make job.wait() raise: its error only arrives here.
             if completion_info.exception is not None:
@@ -326,17 +356,12 @@ class HailoBackend:
             # the Bindings pointing at it: a reused Bindings needs its outputs set again.
             for name, buffer in slot.outputs.items():
                 slot.bindings.output(name).set_buffer(buffer)
-        # DEVICE_TIMEOUT_MS bounds the whole batch, however many chunks and waits it takes.
-        deadline = time.monotonic() + self._timeout_ms / 1000
         configured, jobs = opened.configured, []
         for start in range(0, len(slots), opened.queue_size):
             part = [s.bindings for s in slots[start:start + opened.queue_size]]
             configured.wait_for_async_ready(timeout_ms=_left_ms(deadline), frames_count=len(part))
             jobs.append(configured.run_async(part, done))
-        for job in jobs:
-            job.wait(_left_ms(deadline))
-        if errors:
-            raise errors[0]
+        return jobs
 
     def reopen(self) -> None:
         with self._lock:
