@@ -4,16 +4,19 @@ Credentials and TLS from the settings, a last will, reconnects with backoff (the
 connection is retried too), subscriptions renewed on every connect, and QoS 1 publishes whose
 broker acknowledgement (PUBACK) can be waited on through a callback.
 
-The network thread is ours rather than paho's `loop_start()`: it calls paho's public `loop()`
-and, between passes, the owner's `on_tick` hook, so the owner can batch and answer windows on
-the thread that reads them, with no hand-off to another thread for every window (each costs
-a context switch, which measured more than all the worker's own computing: bench/README.md).
+The network thread is ours rather than paho's `loop_start()`: it drives paho through its
+external-event-loop API (`loop_read`, `loop_write`, `loop_misc`) and, between passes, calls
+the owner's `on_tick` hook, so the owner can batch and answer windows on the thread that reads
+them, with no hand-off to another thread for every window (each costs a context switch, which
+measured more than all the worker's own computing: bench/README.md). Other threads that
+publish wake the loop through a socket pair of ours, once per burst rather than per packet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -133,13 +136,17 @@ class MqttLink:
             manual_ack=manual_ack,
         )
         self._stopping = False
-        self._wake = threading.Event()  # cuts short a wait between reconnect attempts
         self._retry_delay = float(RECONNECT_MIN_S)
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        # Written by other threads when they queue a packet (or stop us) while we sleep.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         paho_log = logging.getLogger(f"paho.{client_id}")
-        # paho's loop logs "Client is not connected" when it races a clean disconnect.
-        paho_log.addFilter(lambda record: not self._stopping)
-        client.enable_logger(paho_log)
+        # paho logs every packet at DEBUG, a cost per window even when filtered out, and its
+        # errors also surface through our own handlers: let it log only when debugging.
+        if paho_log.isEnabledFor(logging.DEBUG):
+            client.enable_logger(paho_log)
         # paho's send queue is rescanned on every ack: a bounded in-flight window keeps it cheap,
         # while a larger queue lets bursts wait in paho rather than fail.
         client.max_inflight_messages_set(200)
@@ -160,9 +167,9 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
-        # With this set, paho never writes to the socket from the publishing thread: our loop
-        # writes, woken by paho's socket pair, so only one thread ever touches the socket.
-        client.on_socket_register_write = _nothing
+        # paho calls this from the publishing thread when a packet is queued and none was
+        # waiting; with it set, paho never writes from that thread: only our loop does.
+        client.on_socket_register_write = self._on_want_write
         if on_message is not None:
             client.on_message = on_message
         self.client = client
@@ -187,7 +194,7 @@ class MqttLink:
         """Disconnect cleanly (no will) and stop the network thread."""
         self._stopping = True
         self.client.disconnect()
-        self._wake.set()
+        self._wake_up()
         if self._thread.is_alive():
             self._thread.join(5)
         self.connected.clear()
@@ -198,11 +205,14 @@ class MqttLink:
         retry_at = 0.0
         while True:
             try:
-                if client.socket() is not None:
-                    client.loop(timeout)
+                sock = client.socket()
+                if sock is not None:
+                    self._pass(sock, timeout)
                     if client.socket() is None and not self._stopping:
                         retry_at = self._backoff()
                 elif self._stopping:
+                    self._wake_r.close()
+                    self._wake_w.close()
                     return
                 elif time.monotonic() >= retry_at:
                     try:
@@ -214,11 +224,45 @@ class MqttLink:
                                          self._retry_delay)
                         retry_at = self._backoff()
                 else:
-                    self._wake.wait(min(timeout, retry_at - time.monotonic()))
+                    self._sleep(min(timeout, retry_at - time.monotonic()))
                 timeout = self.on_tick() if self.on_tick is not None else 1.0
             except Exception:  # the network thread must outlive any bug in a callback
                 self.log.exception("unexpected failure in the network loop")
                 timeout = 0.1
+
+    def _pass(self, sock: Any, timeout: float) -> None:
+        """One pass over the socket: wait up to `timeout` for traffic, read, write, ping."""
+        client = self.client
+        # TLS may hold decrypted bytes that select cannot see.
+        pending = getattr(sock, "pending", None) is not None and sock.pending() > 0
+        writing = [sock] if client.want_write() else []
+        readable, _, _ = select.select([sock, self._wake_r], writing, [],
+                                       0.0 if pending else timeout)
+        if self._wake_r in readable:
+            self._drain_wake()
+        if pending or sock in readable:
+            client.loop_read()
+        if client.want_write():
+            client.loop_write()  # the socket rarely lacks room; paho keeps what it cannot send
+        client.loop_misc()
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait while disconnected; a stop cuts it short."""
+        readable, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
+        if readable:
+            self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    def _on_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if threading.current_thread() is not self._thread:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
 
     def _backoff(self) -> float:
         """When to try the next connection: 1, 2, 4 ... 30 s after each failure."""
@@ -372,7 +416,3 @@ class MqttLink:
             self.log.warning("%s; reconnecting with backoff", self.last_error)
         if was_connected and self.on_disconnected is not None:
             self.on_disconnected(self.last_error)
-
-
-def _nothing(*args: Any) -> None:
-    pass
