@@ -13,11 +13,13 @@ answer to it, so a crash loses nothing: unacknowledged windows are redelivered.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,6 @@ from worker.backends.base import (
     Floats,
     InferenceError,
     Pending,
-    Pipelined,
 )
 from worker.batcher import BatchQueue
 from worker.device import DeviceRunner
@@ -147,8 +148,10 @@ class _Reopen:
 def _start(backend: Backend, x: Floats) -> Pending:
     """Start `x` on `backend`; the result (or the InferenceError) comes from calling it."""
     try:
-        if isinstance(backend, Pipelined):
-            return backend.submit(x)
+        submit = getattr(backend, "submit", None)  # a device beside the host (hailo)
+        if submit is not None:
+            pending: Pending = submit(x)
+            return pending
         done = backend.infer(x)
         return lambda: done
     except Exception as exc:
@@ -190,6 +193,7 @@ class Worker:
         self._status_props = frozen("application/json")
         self._accepting = threading.Event()
         self._serving = False  # batches wait until the warm-up is done
+        self._arrived = 0  # windows received since the last tick (network thread only)
         self._drained = threading.Event()
         # Only a device can hang, and only a device runs beside the host: stub and cpu
         # batches run on the network thread, where a hand-off would cost more than they do.
@@ -323,8 +327,7 @@ class Worker:
             log.exception("unexpected failure on a window from %s", msg.topic)
 
     def _receive(self, msg: mqtt.MQTTMessage, received: float) -> None:
-        self.metrics.windows.inc()
-        self.status.count(windows=1)
+        self._arrived += 1  # counted into the metrics and status once per tick: cheaper
         sensor_id = msg.topic.split("/", 2)[1]
         props = getattr(msg, "properties", None)
         reply_to = getattr(props, "ResponseTopic", None)
@@ -356,6 +359,10 @@ class Worker:
 
     def _tick(self) -> float:
         """Start the batches that are due; return how long the network thread may sleep."""
+        if self._arrived:
+            self.metrics.windows.inc(self._arrived)
+            self.status.count(windows=self._arrived)
+            self._arrived = 0
         if not self._serving:
             return IDLE_TICK_S
         now = time.monotonic()
@@ -506,7 +513,10 @@ class Worker:
         if job.reply_to is not None:
             topics.append((job.reply_to, properties(self._content_type,
                                                     correlation_data=job.correlation)))
-        on_acked = _AckWhenAnswered(self.link, job.mid, len(topics)) if job.qos else None
+        on_acked: Callable[[], None] | None = None
+        if job.qos:
+            on_acked = (_AckWhenAnswered(self.link, job.mid, len(topics)) if len(topics) > 1
+                        else functools.partial(self.link.ack, job.mid, 1))
         for topic, props in topics:
             try:
                 sent = self.link.publish(topic, payload, qos=1, props=props, on_acked=on_acked)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +12,8 @@ Floats = npt.NDArray[np.float32]
 Pending = Callable[[], tuple[Floats, Floats]]
 """A batch started on a device: calling it waits for the answer (or raises InferenceError)."""
 PIPELINE_DEPTH = 2
-"""Batches a pipelined backend accepts on its device at once."""
+"""Batches a backend with a device beside the host (`submit(windows) -> Pending`, as hailo's)
+accepts at once."""
 
 
 class InferenceError(Exception):
@@ -65,11 +66,3 @@ class Backend(Protocol):
         """Release the model and any device. Safe to call twice."""
         ...
 
-
-@runtime_checkable
-class Pipelined(Protocol):
-    """A backend with a device beside the host, which can start a batch and return at once."""
-
-    def submit(self, windows: Floats) -> Pending:
-        """Start a batch (as `Backend.infer` takes it); at most PIPELINE_DEPTH at once."""
-        ...
