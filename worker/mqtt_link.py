@@ -194,7 +194,7 @@ class MqttLink:
         """Disconnect cleanly (no will) and stop the network thread."""
         self._stopping = True
         self.client.disconnect()
-        self._wake_up()
+        self.wake()
         if self._thread.is_alive():
             self._thread.join(5)
         self.connected.clear()
@@ -258,9 +258,10 @@ class MqttLink:
 
     def _on_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if threading.current_thread() is not self._thread:
-            self._wake_up()
+            self.wake()
 
-    def _wake_up(self) -> None:
+    def wake(self) -> None:
+        """Cut the network thread's wait short, so its `on_tick` runs now (any thread)."""
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
 

@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,13 +89,17 @@ class _AckWhenAnswered:
 
 
 class _Batch:
-    """A batch of jobs: started (on the device, if there is one), then finished (answered).
+    """A batch of jobs: started (on the device, if there is one), resolved, then answered.
 
-    Whoever claims it first answers it: its own finish, or the watchdog when the device call
-    hangs (a stuck call that returns later finds the batch claimed and publishes nothing).
+    On the device runner, `start` and `finish` (which waits for the device) run on the device
+    thread, and the network thread answers the batch, so that all MQTT work stays on one
+    thread. Whoever claims the batch first answers it: the network thread once it is
+    resolved, or the watchdog when the device call hangs (a stuck call that returns later
+    finds the batch claimed and nothing is published twice).
     """
 
-    __slots__ = ("_claims", "backend", "jobs", "limit_s", "outcome", "started", "worker", "x")
+    __slots__ = ("_claims", "backend", "jobs", "limit_s", "outcome", "seconds", "started",
+                 "worker", "x")
     overlaps = True
 
     def __init__(self, worker: Worker, jobs: list[Job], limit_s: float) -> None:
@@ -102,7 +107,7 @@ class _Batch:
         self.x = np.stack([job.window.x for job in jobs])
         self.backend: Backend | None = None
         self.outcome: Pending | None = None
-        self.started = 0.0
+        self.started = self.seconds = 0.0
         self._claims = [True]
 
     def claim(self) -> bool:
@@ -117,8 +122,16 @@ class _Batch:
         if backend is not None:
             self.outcome = _start(backend, self.x)
 
+    def resolve(self) -> None:
+        """Wait for the device's answer (or error) and keep it."""
+        if self.outcome is not None:
+            self.outcome = _resolved(self.outcome)
+        self.seconds = time.monotonic() - self.started
+
     def finish(self) -> None:
-        self.worker._finish(self)
+        self.resolve()
+        self.worker._answerable.append(self)
+        self.worker.link.wake()
 
     def abandoned(self, why: str) -> None:
         if self.claim():
@@ -145,6 +158,25 @@ class _Reopen:
         self.worker._reopen_failed(why)
 
 
+def _resolved(pending: Pending) -> Pending:
+    """`pending`, waited for: calling the result returns (or raises) at once."""
+    try:
+        done = pending()
+    except Exception as exc:
+        return _failing(exc)
+    return lambda: done
+
+
+def _failing(exc: Exception) -> Pending:
+    error = exc if isinstance(exc, InferenceError) else InferenceError(
+        f"{type(exc).__name__}: {exc}")
+
+    def fail() -> tuple[Floats, Floats]:
+        raise error
+
+    return fail
+
+
 def _start(backend: Backend, x: Floats) -> Pending:
     """Start `x` on `backend`; the result (or the InferenceError) comes from calling it."""
     try:
@@ -155,13 +187,7 @@ def _start(backend: Backend, x: Floats) -> Pending:
         done = backend.infer(x)
         return lambda: done
     except Exception as exc:
-        error = exc if isinstance(exc, InferenceError) else InferenceError(
-            f"{type(exc).__name__}: {exc}")
-
-        def fail() -> tuple[Floats, Floats]:
-            raise error
-
-        return fail
+        return _failing(exc)
 
 
 class Worker:
@@ -194,6 +220,7 @@ class Worker:
         self._accepting = threading.Event()
         self._serving = False  # batches wait until the warm-up is done
         self._arrived = 0  # windows received since the last tick (network thread only)
+        self._answerable: deque[_Batch] = deque()  # device batches done, for the network thread
         self._drained = threading.Event()
         # Only a device can hang, and only a device runs beside the host: stub and cpu
         # batches run on the network thread, where a hand-off would cost more than they do.
@@ -374,16 +401,19 @@ class Worker:
                 # shed if the queue is full) before the next batch, so reading keeps ahead.
                 batch = _Batch(self, queue.take(n), 0.0)
                 batch.start()
+                batch.resolve()
                 self._finish(batch)
             wait = 0.0 if n else queue.wait_s(now, IDLE_TICK_S)
         else:
             wait = self._feed_device(runner, now)
         self.metrics.queue_depth.set(len(queue))
-        if queue.closed and not queue and (runner is None or not runner):
+        if queue.closed and not queue and (runner is None or not (runner or self._answerable)):
             self._drained.set()
         return wait
 
     def _feed_device(self, runner: DeviceRunner, now: float) -> float:
+        while self._answerable:
+            self._finish(self._answerable.popleft())
         overdue = runner.overdue_s(now)
         if overdue > 0:
             self._watchdog(runner)
@@ -406,7 +436,7 @@ class Worker:
         if any(isinstance(task, _Batch) for task in tasks) and self.active is self.primary:
             self._device_down(self.primary, why)
 
-    # -- answering a batch (the network thread for stub and cpu, the device thread for hailo) -
+    # -- answering a batch (the network thread) -----------------------------------------------
 
     def _finish(self, batch: _Batch) -> None:
         jobs, backend = batch.jobs, batch.backend
@@ -425,6 +455,7 @@ class Worker:
                 # fallback answers it, as it answers everything after.
                 assert active is not None
                 batch.backend, batch.outcome = active, _start(active, batch.x)
+                batch.resolve()
                 self._finish(batch)
                 return
             if not batch.claim():
@@ -442,7 +473,7 @@ class Worker:
             for job in jobs:
                 self._error(job, "inference_failed", "The model produced NaN or infinity.")
             return
-        self.metrics.inference_seconds.observe(time.monotonic() - batch.started)
+        self.metrics.inference_seconds.observe(batch.seconds)
         self.metrics.batch_size.observe(len(jobs))
         self._publish_results(jobs, backend, latent, motifs)
 

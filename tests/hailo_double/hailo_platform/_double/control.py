@@ -5,6 +5,9 @@ Environment (read on every call, so a test may change it between calls):
   HAILO_DOUBLE_LATENCY_MS    device time per job (default 1.0)
   HAILO_DOUBLE_PER_FRAME_MS  extra device time per frame in the job (default 0.1)
   HAILO_DOUBLE_LOG           path of a JSON-lines event log (appended, one object a line)
+  HAILO_DOUBLE_COMPUTE       1 (default): the chip runs the model; 0: it answers zeros, so the
+                             host CPU of its onnxruntime (which a real chip does not take) stays
+                             out of host benchmarks (bench/bench_pipeline.py)
   HAILO_DOUBLE_DEVICE_LOCK   path of a lock file standing for /dev/hailo0: when set, only one
                              VDevice at a time (any process) may hold the device
 
@@ -136,3 +139,8 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def computes() -> bool:
+    """Whether the chip runs the model (HAILO_DOUBLE_COMPUTE, default 1)."""
+    return os.environ.get("HAILO_DOUBLE_COMPUTE", "1") != "0"
