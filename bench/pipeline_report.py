@@ -6,6 +6,7 @@ A run is the JSON object bench/load.py prints, plus the harness's `kind`, `form`
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import textwrap
 from collections.abc import Callable
@@ -126,6 +127,12 @@ def table(a: argparse.Namespace, runs: list[dict[str, Any]], forms: list[str]) -
              *(["paired ratios, lowest-highest:", *spread] if spread else [])]
     batch = batch_size(a)
     for v in variants:
+        feed = median(runs, kind_of("device 0+0", v), "bin", "rate")
+        if feed == feed:
+            lines.append(f"worker{' ' + v if v else ''} on a double that takes no time: "
+                         f"{feed:.0f} w/s, the most this host feeds a device (worker CPU "
+                         f"{median(runs, kind_of('device 0+0', v), 'bin', '', _cpu('target')):.0f}"
+                         " us/w)")
         for ms, per_frame in devices(a):
             kind = kind_of(f"device {ms:g}+{per_frame:g}", v)
             if not _pick(runs, kind, "bin"):
@@ -164,15 +171,18 @@ def _targets(a: argparse.Namespace, runs: list[dict[str, Any]], forms: list[str]
         p99 = median(runs, kind_of("latency-light", variant), form, "", _lat("p99"))
         check(f"p99 ms at {a.light_rate:g}/s, {form} (<= {limit:g})", p99, p99 <= limit)
     batch = batch_size(a)
+    feed = median(runs, kind_of("device 0+0", variant), "bin", "rate")
     for ms, per_frame in devices(a):
         kind = kind_of(f"device {ms:g}+{per_frame:g}", variant)
         busy = median(runs, kind, "bin", "device_busy")
         what = f"double {ms:g}+{per_frame:g} busy when overloaded (>= 0.90)"
         capacity = batch / (ms + per_frame * batch) * 1000
-        if busy == busy and capacity > w:
-            # The host cannot offer more than the stub worker's ceiling: no overload to test.
+        ceiling, named = min((w, "stub ceiling"), (feed, "ceiling on a zero-time double"),
+                             key=lambda c: c[0] if c[0] == c[0] else math.inf)
+        if busy == busy and capacity > ceiling:
+            # The host cannot feed the device that fast: no device overload to test.
             out.append(f"  n/a   {what}: {busy:.2f}, but host-bound (capacity "
-                       f"{capacity:.0f} w/s > this worker's stub ceiling {w:.0f})")
+                       f"{capacity:.0f} w/s > this worker's {named} {ceiling:.0f})")
             continue
         check(what, busy, busy >= 0.9)
     return out
