@@ -1,4 +1,4 @@
-"""The adaptive batcher: full batches are due at once, partial ones at the first window's deadline."""
+"""The adaptive batcher: full batches are due at once, partial ones at the first deadline."""
 
 from __future__ import annotations
 
