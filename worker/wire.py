@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +33,17 @@ CONTENT_TYPES: dict[str, str] = {"msgpack": "application/msgpack", "json": "appl
 BIN_DTYPE = "<f4"
 _JSON_START = frozenset(b"{ \t\r\n")
 _F4 = np.dtype("<f4")
+# msgpack.packb builds a Packer, with a fresh 256 KiB buffer, on every call: most of the cost of
+# packing a result. A Packer is not thread-safe, so each thread keeps its own.
+_local = threading.local()
+
+
+def _pack(doc: dict[str, Any]) -> bytes:
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(doc)
+    return packed
 
 
 class WireError(Exception):
@@ -164,8 +176,7 @@ def encode_window(x: Floats, *, seq: int | None = None, ts: float | None = None,
         doc["seq"] = seq
     if ts is not None:
         doc["ts"] = ts
-    packed: bytes = msgpack.packb(doc, use_bin_type=True)
-    return packed
+    return _pack(doc)
 
 
 def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
@@ -173,8 +184,7 @@ def encode(doc: dict[str, Any], encoding: Encoding) -> bytes:
     if encoding == "json":
         return json.dumps(doc, separators=(",", ":")).encode()
     # Doubles, not use_single_float: `ts` is epoch seconds and float32 would blur it by minutes.
-    packed: bytes = msgpack.packb(doc, use_bin_type=True)
-    return packed
+    return _pack(doc)
 
 
 def decode(payload: bytes | bytearray) -> Any:
