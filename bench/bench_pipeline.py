@@ -173,7 +173,10 @@ class Bench:
     def worker(self, variant: str = "", **settings: str) -> Iterator[subprocess.Popen[str]]:
         worker_id = f"bench-{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(self.broker.port),
-               "WORKER_ID": worker_id, "METRICS_PORT": "0", **settings}
+               "WORKER_ID": worker_id, "METRICS_PORT": "0",
+               # Each run is a new worker id: a persistent session left behind would have the
+               # broker queue a copy of every later window for it, slowing every later run.
+               "SESSION_EXPIRY_S": "0", **settings}
         extra = list(self.args.worker_env)
         if variant:
             extra.append(f"PYTHONPATH={dict(candidates(self.args))[variant]}")
