@@ -28,9 +28,11 @@ class StubBackend:
     def infer(self, windows: Floats) -> tuple[Floats, Floats]:
         n = windows.shape[0]
         width = self.latent_dim + self.num_motifs
-        # SHA-256 (hardware-accelerated) condenses the window; SHAKE stretches 32 bytes cheaply.
+        # SHA-256 condenses the window (read in place: a row of a C-contiguous batch is one
+        # contiguous buffer); SHAKE stretches its 32 bytes cheaply.
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
         digest = b"".join(
-            hashlib.shake_256(hashlib.sha256(w.tobytes()).digest()).digest(width) for w in windows
+            hashlib.shake_256(hashlib.sha256(w).digest()).digest(width) for w in windows
         )
         raw = np.frombuffer(digest, dtype=np.uint8).reshape(n, width).astype(np.float32)
         raw = (raw - np.float32(127.5)) / np.float32(127.5)
