@@ -158,6 +158,24 @@ def test_results_equal_the_cpu_backend(make_backend: Callable[..., Any], double:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def test_two_batches_on_the_chip_at_once_keep_their_own_results(
+        make_backend: Callable[..., Any], reference: Any, double: Double) -> None:
+    # Pipelining: the second batch is submitted while the first is still on the chip, so the
+    # chip never waits for the host; each batch has its own bindings and output buffers.
+    double.set(latency_ms=40)  # the second batch's wait includes the first's: within 150 ms
+    backend = make_backend()
+    a, b, c = windows(8, 1), windows(5, 2), windows(3, 3)
+    first = backend.submit(a)
+    second = backend.submit(b)
+    assert double.count("run_async") == 2 and double.count("job_done") == 0
+    got_a = first()
+    third = backend.submit(c)  # reuses the first batch's bindings, now free again
+    for got, w in ((got_a, a), (second(), b), (third(), c)):
+        want = reference(w, onnx_path(double.tmp))
+        for g, e in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+
+
 def test_outputs_are_mapped_by_size_not_position(make_backend: Callable[..., Any]) -> None:
     info = make_backend().info()
     assert info["outputs"] == {
