@@ -37,7 +37,7 @@ class DeviceRunner:
         self.depth = depth  # tasks on the device at once
         self._cond = threading.Condition()
         self._pending: deque[Task] = deque()
-        self._running: deque[tuple[Task, float]] = deque()  # started, not finished; when
+        self._running: deque[tuple[Task, float]] = deque()  # (started, not finished; since)
         self._generation = 0
         self._closing = False
         self._spawn()

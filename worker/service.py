@@ -1,11 +1,11 @@
 """The worker: broker -> decode -> queue -> batch -> backend -> publish.
 
 Threads: the MQTT network thread reads and decodes each window, queues it, and between
-passes over the socket takes the batches that are due: it runs a `stub` or `cpu` batch itself
-and answers it, and hands a `hailo` batch to the device runner, whose thread answers it. It
-reads everything waiting before each batch, so under overload the queue fills and the oldest
-windows are answered `overloaded` rather than waiting in the broker. The main thread
-refreshes the status and waits for a stop signal.
+passes over the socket takes the batches that are due: it runs a `stub` or `cpu` batch itself,
+and hands a `hailo` batch to the device runner, whose thread puts it on the chip and waits for
+it; the network thread answers every batch. It reads everything waiting before each batch, so
+under overload the queue fills and the oldest windows are answered `overloaded` rather than
+waiting in the broker. The main thread refreshes the status and waits for a stop signal.
 
 A QoS 1 window is acknowledged to the broker only after the broker has acknowledged every
 answer to it, so a crash loses nothing: unacknowledged windows are redelivered.
