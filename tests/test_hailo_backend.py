@@ -425,6 +425,16 @@ def open_model(hef: Path) -> tuple[Any, Any, Any]:
     return hp, vdevice, vdevice.create_infer_model(str(hef))
 
 
+def open_float32_model(hef: Path) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """The model with FLOAT32 streams, and a zeroed host buffer for each output."""
+    hp, vdevice, model = open_model(hef)
+    model.input().set_format_type(hp.FormatType.FLOAT32)
+    for name in model.output_names:
+        model.output(name).set_format_type(hp.FormatType.FLOAT32)
+    outs = {n: np.zeros(model.output(n).shape, np.float32) for n in model.output_names}
+    return vdevice, model, outs
+
+
 def test_double_refuses_what_hailort_refuses(double: Double, hef: Path) -> None:
     rt = importlib.import_module("hailo_platform.pyhailort.pyhailort")
     hp, vdevice, model = open_model(hef)
@@ -448,11 +458,7 @@ def test_double_refuses_what_hailort_refuses(double: Double, hef: Path) -> None:
 
 
 def test_double_reports_job_failure_only_to_the_callback(double: Double, hef: Path) -> None:
-    hp, vdevice, model = open_model(hef)
-    model.input().set_format_type(hp.FormatType.FLOAT32)
-    for name in model.output_names:
-        model.output(name).set_format_type(hp.FormatType.FLOAT32)
-    outs = {n: np.zeros(model.output(n).shape, np.float32) for n in model.output_names}
+    vdevice, model, outs = open_float32_model(hef)
     with model.configure() as configured:
         bindings = configured.create_bindings(output_buffers=outs)
         bindings.input().set_buffer(windows(1, 0).reshape(1, 100, 9))
@@ -466,11 +472,7 @@ def test_double_reports_job_failure_only_to_the_callback(double: Double, hef: Pa
 
 def test_double_leaves_a_reused_bindings_pointing_at_the_freed_buffer(double: Double,
                                                                       hef: Path) -> None:
-    hp, vdevice, model = open_model(hef)
-    model.input().set_format_type(hp.FormatType.FLOAT32)
-    for name in model.output_names:
-        model.output(name).set_format_type(hp.FormatType.FLOAT32)
-    outs = {n: np.zeros(model.output(n).shape, np.float32) for n in model.output_names}
+    vdevice, model, outs = open_float32_model(hef)
     with model.configure() as configured:
         bindings = configured.create_bindings(output_buffers=outs)
         bindings.input().set_buffer(windows(1, 1).reshape(1, 100, 9))
