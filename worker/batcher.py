@@ -73,9 +73,3 @@ class BatchQueue(Generic[T]):
     def take(self, n: int) -> list[T]:
         items = self._items
         return [items.popleft() for _ in range(min(n, len(items)))]
-
-    def drain(self) -> list[T]:
-        """Take everything still queued (used when the worker gives up serving)."""
-        items = list(self._items)
-        self._items.clear()
-        return items

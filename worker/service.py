@@ -225,7 +225,9 @@ class Worker:
         # Only a device can hang, and only a device runs beside the host: stub and cpu
         # batches run on the network thread, where a hand-off would cost more than they do.
         self._runner = DeviceRunner(PIPELINE_DEPTH) if primary.mode == "hailo" else None
+        # The watchdog's limits: the backend bounds each call by DEVICE_TIMEOUT_MS itself.
         self._batch_limit_s = settings.device_timeout_ms / 1000 * 2 + 1
+        self._reopen_limit_s = settings.device_timeout_ms / 1000 * 2 + 5
         self._reopen_at = 0.0
         self._reopen_delay = REOPEN_MIN_S
         self._reopening = False
@@ -407,7 +409,7 @@ class Worker:
         else:
             wait = self._feed_device(runner, now)
         self.metrics.queue_depth.set(len(queue))
-        if queue.closed and not queue and (runner is None or not (runner or self._answerable)):
+        if queue.closed and not (queue or self._answerable or runner):
             self._drained.set()
         return wait
 
@@ -419,7 +421,7 @@ class Worker:
             self._watchdog(runner)
         if self.active is not self.primary and not self._reopening and now >= self._reopen_at:
             self._reopening = True
-            runner.submit(_Reopen(self, self.settings.device_timeout_ms / 1000 * 2 + 5))
+            runner.submit(_Reopen(self, self._reopen_limit_s))
         while runner.has_room and (n := self.queue.due(now)):
             runner.submit(_Batch(self, self.queue.take(n), self._batch_limit_s))
         if not runner.has_room:
