@@ -110,7 +110,7 @@ def test_seed_body_is_answered_with_the_stub_result(http: httpx.Client, system: 
     assert set(doc) == {"latent", "motif_scores", "model", "worker_id"}
     assert len(doc["latent"]) == 64 and len(doc["motif_scores"]) == 12
     assert doc["latent"] == latent and doc["motif_scores"] == motifs
-    assert doc["model"] == "stub-v1" and doc["worker_id"] == system.worker.worker_id
+    assert doc["model"] == "stub-v2" and doc["worker_id"] == system.worker.worker_id
 
 
 def test_50_concurrent_requests_each_get_their_own_answer(system: System) -> None:

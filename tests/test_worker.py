@@ -52,7 +52,7 @@ def test_every_form_is_answered_with_the_stub_result(
         assert doc["sensor_id"] == topic.split("/")[1]
         assert doc["latent"] == pytest.approx(latent, abs=0) and len(doc["latent"]) == 64
         assert doc["motif_scores"] == pytest.approx(motifs, abs=0) and len(motifs) == 12
-        assert doc["model"] == "stub-v1" and doc["worker_id"] == w.worker_id
+        assert doc["model"] == "stub-v2" and doc["worker_id"] == w.worker_id
         assert doc["latency_ms"] >= 0 and doc["batch_size"] >= 1
     assert by_sensor["infer/s-bin/result"].doc()["ts"] == 100.5
     assert [by_sensor[f"infer/s-{k}/result"].doc()["seq"] for k in ("bin", "list", "json")] == [
@@ -101,6 +101,24 @@ def test_bad_windows_get_errors_and_good_ones_keep_flowing(
         assert doc.get("seq") == seq
         (good,) = [m for m in answers if m.topic == f"infer/good{i}/result"]
         assert good.doc()["seq"] == i
+
+
+def test_a_non_finite_window_in_a_batch_is_answered_alone(
+    start_worker: StartWorker, collector: Collector
+) -> None:
+    """Finiteness is checked once per batch: the bad window gets its error, the rest their
+    results, in the same batch."""
+    start_worker(batch_max_size=8, batch_max_wait_ms=300)
+    inf = window(1)
+    inf[50, 3] = np.inf
+    for seq, x in enumerate([window(0), inf, window(2)]):
+        collector.publish("imu/mix/window", encode_window(x, seq=seq))
+    answers = {m.doc()["seq"]: m for m in collector.wait_answers(3)}
+    assert answers[1].topic == "infer/mix/error" and answers[1].doc()["error"] == "non_finite"
+    for seq in (0, 2):
+        doc = answers[seq].doc()
+        assert answers[seq].topic == "infer/mix/result" and doc["batch_size"] == 2
+        assert doc["latent"] == pytest.approx(stub_answer(window(seq))[0], abs=0)
 
 
 def test_response_topic_and_correlation_data(

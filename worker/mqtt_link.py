@@ -52,6 +52,39 @@ class FrozenProperties(Properties):
         return packed
 
 
+class _Client(mqtt.Client):
+    """paho's client, reading from the socket 64 KiB at a time.
+
+    paho reads every packet with three or more `recv()` calls (its type byte, each byte of its
+    length, then the rest), each a system call: most of what reading a small packet such as
+    a PUBACK costs. Here those reads are served from one larger read. paho 2.x reads only
+    through `_sock_recv`; were that to change, this would simply stop buffering.
+    """
+
+    READ_SIZE = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rsock: Any = None  # the socket the buffer was read from
+        self._rbuf = b""
+        self._rpos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the socket that paho has not taken yet."""
+        return len(self._rbuf) - self._rpos if self._rsock is self._sock else 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rsock is not self._sock:  # a new connection: nothing carries over
+            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
+        buf, pos = self._rbuf, self._rpos
+        if pos == len(buf):
+            buf = self._rbuf = super()._sock_recv(max(bufsize, self.READ_SIZE))
+            pos = 0  # an empty read (the broker closed the connection) goes to paho as it is
+        end = self._rpos = min(pos + bufsize, len(buf))
+        return buf[pos:end]
+
+
 def frozen(content_type: str) -> Properties:
     props = FrozenProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ContentType = content_type
@@ -129,7 +162,7 @@ class MqttLink:
         self._unsubscribing: dict[int, threading.Event] = {}
         self._unsubscribed_early: set[int] = set()
 
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -234,8 +267,9 @@ class MqttLink:
     def _pass(self, sock: Any, timeout: float) -> None:
         """One pass over the socket: wait up to `timeout` for traffic, read, write, ping."""
         client = self.client
-        # TLS may hold decrypted bytes that select cannot see.
-        pending = getattr(sock, "pending", None) is not None and sock.pending() > 0
+        # Bytes already read (by us, or decrypted by TLS) are invisible to select.
+        pending = client.buffered > 0 or (
+            getattr(sock, "pending", None) is not None and sock.pending() > 0)
         writing = [sock] if client.want_write() else []
         readable, _, _ = select.select([sock, self._wake_r], writing, [],
                                        0.0 if pending else timeout)

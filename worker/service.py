@@ -49,6 +49,8 @@ from worker.wire import (
     decode_window,
     encode,
     error_doc,
+    finite_rows,
+    non_finite_error,
 )
 
 log = logging.getLogger("worker")
@@ -102,9 +104,8 @@ class _Batch:
                  "worker", "x")
     overlaps = True
 
-    def __init__(self, worker: Worker, jobs: list[Job], limit_s: float) -> None:
-        self.worker, self.jobs, self.limit_s = worker, jobs, limit_s
-        self.x = np.stack([job.window.x for job in jobs])
+    def __init__(self, worker: Worker, jobs: list[Job], x: Floats, limit_s: float) -> None:
+        self.worker, self.jobs, self.x, self.limit_s = worker, jobs, x, limit_s
         self.backend: Backend | None = None
         self.outcome: Pending | None = None
         self.started = self.seconds = 0.0
@@ -371,9 +372,8 @@ class Worker:
                         f"{self.settings.max_payload_bytes} (MAX_PAYLOAD_BYTES).")
             return
         try:
-            job.window = decode_window(
-                payload, self.settings.window_length, self.settings.channels
-            )
+            job.window = decode_window(payload, self.settings.window_length,
+                                       self.settings.channels, check_finite=False)
         except WireError as exc:
             job.window = Window(_EMPTY.x, exc.seq)
             self._error(job, exc.code, exc.detail)
@@ -398,10 +398,9 @@ class Worker:
         queue, runner = self.queue, self._runner
         if runner is None:
             n = queue.due(now)
-            if n:
-                # One batch, then back to the socket: whatever arrived meanwhile is read (and
-                # shed if the queue is full) before the next batch, so reading keeps ahead.
-                batch = _Batch(self, queue.take(n), 0.0)
+            # One batch, then back to the socket: whatever arrived meanwhile is read (and
+            # shed if the queue is full) before the next batch, so reading keeps ahead.
+            if n and (batch := self._take(n, 0.0)):
                 batch.start()
                 batch.resolve()
                 self._finish(batch)
@@ -423,10 +422,26 @@ class Worker:
             self._reopening = True
             runner.submit(_Reopen(self, self._reopen_limit_s))
         while runner.has_room and (n := self.queue.due(now)):
-            runner.submit(_Batch(self, self.queue.take(n), self._batch_limit_s))
+            if batch := self._take(n, self._batch_limit_s):
+                runner.submit(batch)
         if not runner.has_room:
             return min(BUSY_TICK_S, max(0.0, -runner.overdue_s(now)))
         return self.queue.wait_s(now, IDLE_TICK_S)
+
+    def _take(self, n: int, limit_s: float) -> _Batch | None:
+        """The next `n` queued windows as a batch, less any holding NaN or infinity, which are
+        answered `non_finite` here: one check for the whole batch costs less than one each."""
+        jobs = self.queue.take(n)
+        x = np.stack([job.window.x for job in jobs])
+        finite = finite_rows(x)
+        if not finite.all():
+            for job, ok in zip(jobs, finite.tolist(), strict=True):
+                if not ok:
+                    error = non_finite_error(job.window.seq)
+                    self._error(job, error.code, error.detail)
+            jobs = [job for job, ok in zip(jobs, finite.tolist(), strict=True) if ok]
+            x = x[finite]
+        return _Batch(self, jobs, x, limit_s) if jobs else None
 
     def _watchdog(self, runner: DeviceRunner) -> None:
         tasks = runner.abandon()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import msgpack
 import numpy as np
+import numpy.typing as npt
 
 from worker.backends.base import Floats
 
@@ -137,8 +138,13 @@ def _big_number(value: Any) -> float:
         return math.inf
 
 
-def decode_window(payload: bytes | bytearray, length: int, channels: int) -> Window:
-    """Decode and validate one window. Raises WireError with the code that fits."""
+def decode_window(payload: bytes | bytearray, length: int, channels: int, *,
+                  check_finite: bool = True) -> Window:
+    """Decode and validate one window. Raises WireError with the code that fits.
+
+    `check_finite=False` leaves the `non_finite` check to the caller, who can make it once
+    for a whole batch (`finite_rows`) at a fraction of the cost per window.
+    """
     doc = _parse(payload)
     if not isinstance(doc, dict):
         raise WireError("decode_error", f"A window must be a map, got {type(doc).__name__}.")
@@ -156,11 +162,20 @@ def decode_window(payload: bytes | bytearray, length: int, channels: int) -> Win
             f"`x` must be a list of {length} rows or float32 bytes, got {type(x).__name__}.",
             seq,
         )
-    if not np.isfinite(arr).all():
-        raise WireError(
-            "non_finite", "`x` holds NaN or infinity (or a number too big for float32).", seq
-        )
+    if check_finite and not np.isfinite(arr).all():
+        raise non_finite_error(seq)
     return Window(arr, seq, ts)
+
+
+def non_finite_error(seq: int | None) -> WireError:
+    return WireError(
+        "non_finite", "`x` holds NaN or infinity (or a number too big for float32).", seq
+    )
+
+
+def finite_rows(batch: Floats) -> npt.NDArray[np.bool_]:
+    """Which windows of `batch` (`[n, length, channels]`) hold only finite numbers."""
+    return np.asarray(np.isfinite(batch.reshape(len(batch), -1)).all(axis=1))
 
 
 def encode_window(x: Floats, *, seq: int | None = None, ts: float | None = None,

@@ -21,7 +21,7 @@ def test_ledger_reports_missing_duplicate_and_wrong_answers(
     ledger.expect(("s", 3), Expect.error("non_finite", 3))  # answered with the wrong code
     ref = stub_reference([("s", 0)])[("s", 0)]
     good = {"sensor_id": "s", "seq": 0, "latent": ref[0], "motif_scores": ref[1],
-            "model": "stub-v1", "worker_id": "by-hand", "batch_size": 1, "latency_ms": 1.0}
+            "model": "stub-v2", "worker_id": "by-hand", "batch_size": 1, "latency_ms": 1.0}
     collector.publish("infer/s/result", wire.encode(good, "msgpack"))
     collector.publish("infer/s/result", wire.encode(good, "msgpack"))
     collector.publish("infer/s/result", wire.encode({**good, "seq": 1}, "msgpack"))
