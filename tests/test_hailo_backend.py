@@ -483,3 +483,33 @@ def test_double_leaves_a_reused_bindings_pointing_at_the_freed_buffer(double: Do
         configured.run_async([bindings]).wait(1000)  # outputs not set again
         assert all(np.array_equal(outs[n], first[n]) for n in outs)
     vdevice.release()
+
+
+def test_double_chip_runs_queued_jobs_back_to_back_on_its_own_clock(double: Double,
+                                                                    hef: Path) -> None:
+    """A job queued behind another starts when that one ends, not when the double's thread
+    gets round to it (a real chip needs no host, nor Python's GIL, between jobs): here the
+    first job's callback holds the chip thread for 30 ms."""
+    double.set(latency_ms=50, per_frame_ms=0)
+    vdevice, model, outs = open_float32_model(hef)
+    with model.configure() as configured:
+        done: list[float] = []
+
+        def slow_callback(completion_info: Any) -> None:
+            done.append(time.monotonic())
+            if len(done) == 1:
+                time.sleep(0.03)
+
+        jobs = []
+        start = time.monotonic()
+        for seed in (1, 2):
+            bindings = configured.create_bindings(output_buffers={
+                n: np.zeros_like(a) for n, a in outs.items()})
+            bindings.input().set_buffer(windows(1, seed).reshape(1, 100, 9))
+            jobs.append(configured.run_async([bindings], slow_callback))
+        for job in jobs:
+            job.wait(1000)
+        first, second = (t - start for t in done)
+        assert 0.05 <= first < 0.075
+        assert 0.1 <= second < 0.125  # 0.13 if the callback's 30 ms had delayed the chip
+    vdevice.release()

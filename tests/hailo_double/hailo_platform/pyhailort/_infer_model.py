@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hailo_platform._double.control import control, record
+from hailo_platform._double.control import Faults, control, record
 from hailo_platform._double.engine import Chip, Frame, Job, OutputCopy, lost_error
 from hailo_platform._double.hef_format import HefSpec, StreamSpec
 from hailo_platform.pyhailort._common import (
@@ -247,7 +247,7 @@ class ConfiguredInferModel:
             self._configured_infer_model.shutdown()
         self._configured_infer_model = None
 
-    def _chip(self) -> Chip:
+    def _chip(self) -> tuple[Chip, Faults]:
         chip = self._configured_infer_model
         if chip is None:
             raise AttributeError("'NoneType' object has no attribute 'run_async'")
@@ -257,7 +257,7 @@ class ConfiguredInferModel:
         if faults.device_lost:
             chip.aborted = lost_error(faults.device_lost)
             raise lost_error(faults.device_lost)
-        return chip
+        return chip, faults
 
     def activate(self) -> None:
         if self._infer_model._scheduled:
@@ -280,13 +280,15 @@ class ConfiguredInferModel:
         return bindings
 
     def get_async_queue_size(self) -> int:
-        self._chip()
-        configured = control.faults().async_queue_size
+        return self._queue_size(self._chip()[1])
+
+    def _queue_size(self, faults: Faults) -> int:
+        configured = faults.async_queue_size
         return configured if configured is not None else max(2, 2 * self._batch_size)
 
     def wait_for_async_ready(self, timeout_ms: int = 1000, frames_count: int = 1) -> None:
-        chip = self._chip()
-        if not chip.wait_ready(frames_count, self.get_async_queue_size(), timeout_ms / 1000):
+        chip, faults = self._chip()
+        if not chip.wait_ready(frames_count, self._queue_size(faults), timeout_ms / 1000):
             raise status_error("HAILO_TIMEOUT", "Got timeout in `wait_for_async_ready`")
         if chip.aborted is not None:
             raise status_error("HAILO_STREAM_ABORT", "pipeline was shut down")
@@ -296,15 +298,15 @@ class ConfiguredInferModel:
 
     def run_async(self, bindings: list[ConfiguredInferModel.Bindings],
                   callback: Callable[..., None] | None = None) -> AsyncInferJob:
-        chip = self._chip()
+        chip, faults = self._chip()
         if not self._infer_model._scheduled and not self._activated:
             raise status_error("HAILO_NETWORK_GROUP_NOT_ACTIVATED", "no scheduler, not activated")
-        if chip.inflight + len(bindings) > self.get_async_queue_size():
+        if chip.inflight + len(bindings) > self._queue_size(faults):
             chip.shutdown()
             raise HailoRTException("libhailort failed with error: 82 (HAILO_QUEUE_IS_FULL)")
         frames = [self._frame(chip, b) for b in bindings]
         fate = "ok"
-        if control.faults().hang or control.take("timeouts_next_n"):
+        if faults.hang or control.take("timeouts_next_n"):
             fate = "hang"
         elif control.take("fail_next_n"):
             fate = "fail"
