@@ -6,10 +6,46 @@ An owned registry (not the global default) can be built twice in one process wit
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class OneThreadHistogram(Collector):
+    """A histogram observed from one thread only, exposed like prometheus_client's own.
+
+    Histogram.observe takes a lock and walks the buckets in Python: about 1.2 us, paid for
+    every window. Observed only by the network thread, this needs neither (about 0.2 us); a
+    scrape may see the sum one observation apart from the buckets, as it may with Histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: a value on a bound is in it
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = list(itertools.accumulate(list(self.counts)))
+        buckets = [(floatToGoString(b), c)  # type: ignore[no-untyped-call]
+                   for b, c in zip(self.bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", cumulative[-1]))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
+                                    sum_value=self.sum)
 
 
 class WorkerMetrics:
@@ -47,9 +83,9 @@ class WorkerMetrics:
             "hailo_worker_inference_seconds", "Backend time per batch.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.latency_seconds = Histogram(
+        self.latency_seconds = OneThreadHistogram(  # observed by the network thread
             "hailo_worker_latency_seconds", "Receipt to publish, per window.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, r,
         )
 
     def serve(self, port: int) -> None:
