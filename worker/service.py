@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 
 from worker import backends
 from worker.backends.base import (
@@ -497,18 +498,23 @@ class Worker:
     def _publish_results(self, jobs: list[Job], backend: Backend, latent: Floats,
                          motifs: Floats) -> None:
         n = len(jobs)
-        latents, scores = latent.tolist(), motifs.tolist()
-        for i, job in enumerate(jobs):
+        model, worker_id = backend.model_id, self.settings.worker_id
+        observe = self.metrics.latency_seconds.observe
+        for job, lat, scores in zip(jobs, latent.tolist(), motifs.tolist(), strict=True):
+            window = job.window
             doc: dict[str, Any] = {"sensor_id": job.sensor_id}
-            if job.window.seq is not None:
-                doc["seq"] = job.window.seq
-            if job.window.ts is not None:
-                doc["ts"] = job.window.ts
-            doc["latent"] = latents[i]
-            doc["motif_scores"] = scores[i]
-            doc["model"] = backend.model_id
-            doc["worker_id"] = self.settings.worker_id
+            if window.seq is not None:
+                doc["seq"] = window.seq
+            if window.ts is not None:
+                doc["ts"] = window.ts
+            doc["latent"] = lat
+            doc["motif_scores"] = scores
+            doc["model"] = model
+            doc["worker_id"] = worker_id
             doc["batch_size"] = n
+            waited = time.monotonic() - job.received
+            doc["latency_ms"] = round(waited * 1000, 3)
+            observe(waited)
             self._answer(job, "result", doc)
         self.metrics.results.inc(n)
 
@@ -552,27 +558,26 @@ class Worker:
 
     def _answer(self, job: Job, kind: str, doc: dict[str, Any]) -> None:
         """Publish to infer/<sensor>/<kind> (and the reply topic); ack the window after."""
-        if kind == "result":
-            elapsed = time.monotonic() - job.received
-            doc["latency_ms"] = round(elapsed * 1000, 3)
-            self.metrics.latency_seconds.observe(elapsed)
         payload = encode(doc, self.encoding)
-        topics = [(f"infer/{job.sensor_id}/{kind}", self._answer_props)]
-        if job.reply_to is not None:
-            topics.append((job.reply_to, properties(self._content_type,
-                                                    correlation_data=job.correlation)))
-        on_acked: Callable[[], None] | None = None
-        if job.qos:
-            on_acked = (_AckWhenAnswered(self.link, job.mid, len(topics)) if len(topics) > 1
-                        else functools.partial(self.link.ack, job.mid, 1))
-        for topic, props in topics:
-            try:
-                sent = self.link.publish(topic, payload, qos=1, props=props, on_acked=on_acked)
-            except ValueError as exc:  # a reply topic with wildcards, say
-                log.warning("cannot answer on %r: %s", topic, exc)
-                sent = False
-            if not sent and on_acked is not None:
-                on_acked()  # nothing will come back for it; don't hold the window forever
+        topic = f"infer/{job.sensor_id}/{kind}"
+        if job.reply_to is None:
+            self._publish(topic, payload, self._answer_props,
+                          functools.partial(self.link.ack, job.mid, 1) if job.qos else None)
+            return
+        both = _AckWhenAnswered(self.link, job.mid, 2) if job.qos else None
+        self._publish(topic, payload, self._answer_props, both)
+        self._publish(job.reply_to, payload,
+                      properties(self._content_type, correlation_data=job.correlation), both)
+
+    def _publish(self, topic: str, payload: bytes, props: Properties,
+                 on_acked: Callable[[], None] | None) -> None:
+        try:
+            sent = self.link.publish(topic, payload, qos=1, props=props, on_acked=on_acked)
+        except ValueError as exc:  # a reply topic with wildcards, say
+            log.warning("cannot answer on %r: %s", topic, exc)
+            sent = False
+        if not sent and on_acked is not None:
+            on_acked()  # nothing will come back for it; don't hold the window forever
 
 
 _EMPTY = Window(np.zeros((0, 0), np.float32))
