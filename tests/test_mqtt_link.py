@@ -1,12 +1,17 @@
-"""The MQTT link's buffered reads: paho's small reads served from one larger one."""
+"""The MQTT link's client: many packets per system call, each way, and never across connections."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from typing import Any
 
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from worker.mqtt_link import _Client
+from worker.mqtt_link import MqttLink, _Client
+from worker.settings import CommonSettings
 
 
 def test_reads_are_served_from_one_recv_and_never_cross_connections() -> None:
@@ -34,3 +39,57 @@ def test_reads_are_served_from_one_recv_and_never_cross_connections() -> None:
         client._sock = None
         for s in (ours, broker, other, other_broker):
             s.close()
+
+
+def test_packets_of_one_loop_write_go_out_together_and_only_on_their_socket() -> None:
+    client = _Client(CallbackAPIVersion.VERSION2, client_id="t")
+    ours, broker = socket.socketpair()
+    other, other_broker = socket.socketpair()
+    pair: tuple[socket.socket, ...] = ()
+    for s in (broker, other_broker):
+        s.setblocking(False)
+    try:
+        client._sock = ours
+        assert not client.want_write()
+        assert client._sock_send(b"\x30\x03abc") == 5  # a PUBLISH
+        assert client._sock_send(b"\x40\x02\x00\x07") == 4  # a PUBACK
+        assert client.want_write()  # held, not sent: nothing has reached the broker yet
+        with pytest.raises(BlockingIOError):
+            broker.recv(100)
+        client.loop_write()
+        assert broker.recv(100) == b"\x30\x03abc\x40\x02\x00\x07" and not client.want_write()
+        client._sock_send(b"\xe0\x00")  # a DISCONNECT, then paho closes the socket
+        client._sock_close()
+        assert broker.recv(100) == b"\xe0\x00"
+        assert client._sock is None
+        dying, _ = pair = socket.socketpair()
+        client._sock = dying  # a connection that dies with a packet still held for it
+        client._sock_send(b"stale")  # queued for it, never flushed
+        client._sock = other  # the reconnect: a new socket, whose first bytes must be CONNECT
+        assert not client.want_write()
+        client._sock_send(b"\x10connect")
+        client.loop_write()
+        assert other_broker.recv(100) == b"\x10connect"
+    finally:
+        client._sock = None
+        for s in (ours, broker, other, other_broker, *pair):
+            s.close()
+
+
+def test_a_publish_from_another_thread_wakes_the_sleeping_loop_every_time(broker: Any) -> None:
+    """The loop sleeps as long as its tick says (here 30 s); each publish from another thread
+    (the bridge's HTTP handlers, the worker's status) must wake it, not only the first."""
+    settings = CommonSettings(_env_file=None, mqtt_host="127.0.0.1",  # type: ignore[call-arg]
+                              mqtt_port=broker.port)
+    link = MqttLink(settings, client_id="waker", on_tick=lambda: 30.0)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        for n in range(3):
+            acked = threading.Event()
+            started = time.monotonic()
+            assert link.publish(f"test/{n}", b"x", qos=1, on_acked=acked.set)
+            assert acked.wait(5), f"publish {n} was not sent"
+            assert time.monotonic() - started < 1.0, f"publish {n} waited for the loop's tick"
+    finally:
+        link.stop()

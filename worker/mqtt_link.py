@@ -53,21 +53,27 @@ class FrozenProperties(Properties):
 
 
 class _Client(mqtt.Client):
-    """paho's client, reading from the socket 64 KiB at a time.
+    """paho's client, with one system call for many packets each way.
 
     paho reads every packet with three or more `recv()` calls (its type byte, each byte of its
-    length, then the rest), each a system call: most of what reading a small packet such as
-    a PUBACK costs. Here those reads are served from one larger read. paho 2.x reads only
-    through `_sock_recv`; were that to change, this would simply stop buffering.
+    length, then the rest) and writes every packet with its own `send()`: per window that is
+    some eight system calls, and as many TCP segments for the broker. Here reads are served
+    from one 64 KiB `recv()`, and the packets of one `loop_write()` go out in one `send()`.
+    paho 2.x does all its socket I/O through `_sock_recv`, `_sock_send` and `_sock_close`;
+    only our network thread calls `loop_read` and `loop_write` (paho never writes itself while
+    `on_socket_register_write` is set). Both buffers belong to one socket and are dropped with
+    it, so nothing read from or meant for an old connection reaches a new one.
     """
 
     READ_SIZE = 65536
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rsock: Any = None  # the socket the buffer was read from
+        self._rsock: Any = None  # the socket the read buffer came from
         self._rbuf = b""
         self._rpos = 0
+        self._wsock: Any = None  # the socket the write buffer is for
+        self._wbuf: list[bytes | bytearray] = []
 
     @property
     def buffered(self) -> int:
@@ -83,6 +89,38 @@ class _Client(mqtt.Client):
             pos = 0  # an empty read (the broker closed the connection) goes to paho as it is
         end = self._rpos = min(pos + bufsize, len(buf))
         return buf[pos:end]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._wsock is not self._sock:
+            self._wsock, self._wbuf = self._sock, []
+        self._wbuf.append(buf)
+        return len(buf)  # to paho it is sent; loop_write sends it with the rest
+
+    def want_write(self) -> bool:
+        return super().want_write() or bool(self._wbuf and self._wsock is self._sock)
+
+    def _packet_write(self) -> MQTTErrorCode:
+        # Sent before loop_write() asks want_write(): paho keeps a write registered only while
+        # that says True, and asks to be woken for the next packet only when none is.
+        rc: MQTTErrorCode = super()._packet_write()
+        self._flush()
+        return rc
+
+    def _flush(self) -> None:
+        if not self._wbuf or self._wsock is not self._sock:
+            return
+        data = b"".join(self._wbuf)
+        try:
+            sent = super()._sock_send(data)
+        except BlockingIOError:  # no room: the loop waits until the socket is writable
+            sent = 0
+        except OSError:  # the connection is gone; reading finds out and paho reconnects
+            sent = len(data)
+        self._wbuf = [data[sent:]] if sent < len(data) else []
+
+    def _sock_close(self) -> None:
+        self._flush()  # a DISCONNECT is written just before paho closes the socket
+        super()._sock_close()
 
 
 def frozen(content_type: str) -> Properties:
