@@ -147,10 +147,18 @@ def read_layout(rt: HailoRT, settings: WorkerSettings, hef_bytes: bytes) -> Layo
 
 @dataclass
 class _Slot:
-    """One pooled Bindings (= one frame) and the output arrays it writes into."""
+    """One pooled Bindings (= one frame), its streams, and the output arrays it writes into.
+
+    The streams are looked up once: a batch then costs one `set_buffer` per stream and frame.
+    """
 
     bindings: Any
     outputs: dict[str, np.ndarray]
+    input_stream: Any = None
+    output_streams: list[tuple[Any, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.output_streams = [(self.bindings.output(n), a) for n, a in self.outputs.items()]
 
 
 @dataclass
@@ -241,8 +249,8 @@ class HailoBackend:
             slots = []
             for _ in range(self._batch):
                 buffers = {n: np.empty(s, dtype=np.float32) for n, s in layout.outputs.items()}
-                slots.append(
-                    _Slot(opened.configured.create_bindings(output_buffers=buffers), buffers))
+                bindings = opened.configured.create_bindings(output_buffers=buffers)
+                slots.append(_Slot(bindings, buffers, bindings.input(layout.input_name)))
             opened.slot_sets.append(slots)
         opened.queue_size = max(1, int(opened.configured.get_async_queue_size()))
         opened.identity, opened.devices = self._identify(opened.vdevice)
@@ -351,11 +359,11 @@ class HailoBackend:
                 errors.append(completion_info.exception)
 
         for frame, slot in zip(frames, slots, strict=True):
-            slot.bindings.input(self.layout.input_name).set_buffer(frame)
+            slot.input_stream.set_buffer(frame)
             # HailoRT's wrapper swaps each output for a DMA buffer during run_async and leaves
             # the Bindings pointing at it: a reused Bindings needs its outputs set again.
-            for name, buffer in slot.outputs.items():
-                slot.bindings.output(name).set_buffer(buffer)
+            for stream, buffer in slot.output_streams:
+                stream.set_buffer(buffer)
         configured, jobs = opened.configured, []
         for start in range(0, len(slots), opened.queue_size):
             part = [s.bindings for s in slots[start:start + opened.queue_size]]
