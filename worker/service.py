@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import json
 import logging
 import threading
@@ -436,12 +437,10 @@ class Worker:
         x = np.stack([job.window.x for job in jobs])
         finite = finite_rows(x)
         if not finite.all():
-            for job, ok in zip(jobs, finite.tolist(), strict=True):
-                if not ok:
-                    error = non_finite_error(job.window.seq)
-                    self._error(job, error.code, error.detail)
-            jobs = [job for job, ok in zip(jobs, finite.tolist(), strict=True) if ok]
-            x = x[finite]
+            for job in itertools.compress(jobs, ~finite):
+                error = non_finite_error(job.window.seq)
+                self._error(job, error.code, error.detail)
+            jobs, x = list(itertools.compress(jobs, finite)), x[finite]
         return _Batch(self, jobs, x, limit_s) if jobs else None
 
     def _watchdog(self, runner: DeviceRunner) -> None:

@@ -43,7 +43,7 @@ class StubBackend:
         self._weights = np.random.default_rng(0x5EED).integers(
             1, 2**63, size=size, dtype=np.uint64) | _U64(1)
         width = self.latent_dim + self.num_motifs
-        self._lanes = (np.arange(1, width + 1, dtype=np.uint64) * _U64(0x9E3779B97F4A7C15))
+        self._lanes = np.arange(1, width + 1, dtype=np.uint64) * _U64(0x9E3779B97F4A7C15)
 
     def infer(self, windows: Floats) -> tuple[Floats, Floats]:
         n = windows.shape[0]
