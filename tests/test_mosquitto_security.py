@@ -28,12 +28,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from broker_util import Broker, start_broker
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from support import WorkerProcess
+
+from worker.wire import decode, encode_window
 
 MOSQ = Path(__file__).resolve().parent.parent / "mosquitto"
 ADD_USER = MOSQ / "add-user.sh"
@@ -406,6 +410,38 @@ def test_worker_publishes_results_errors_statuses_and_replies(
         assert s1.until(result) == [("infer/s1/error", error), ("infer/s1/result", result)]
         assert dashboard.until(status) == [(f"hailo/{name}/status", status)]
         assert bridge.until(reply) == [(f"reply/{bridge.client_id}/req-1", reply)]
+
+
+def test_the_real_worker_serves_through_this_broker(
+    ep: Endpoint, connect: Callable[..., Peer], tmp_path: Path
+) -> None:
+    """`hailo-worker` logged in with its role, over plain TCP and over TLS with the
+    deployment's CA: its link reads many packets per recv() and sends many per send(), which
+    TLS must carry as well (records, partial writes)."""
+    settings: dict[str, Any] = {"mqtt_username": "worker", "mqtt_password": PASSWORDS["worker"],
+                                "session_expiry_s": 0}
+    if ep.ca is not None:
+        settings.update(mqtt_tls="true", mqtt_ca_file=ep.ca)
+    w = WorkerProcess(ep.port, worker_id=f"w-{ep.kind}", log_dir=tmp_path, **settings).start()
+    try:
+        dashboard = connect("dashboard")
+        dashboard.subscribe(f"hailo/{w.worker_id}/status")
+        wait_for(lambda: any(b'"online"' in p for _, p in list(dashboard.inbox.queue)),
+                 f"the worker online over {ep.kind}:\n{w.log()}", timeout=20)
+        s1 = connect("s1")
+        s1.subscribe("infer/s1/result", "infer/s1/error")
+        windows = 300
+        for seq in range(windows):
+            s1.client.publish("imu/s1/window", encode_window(
+                np.full((100, 9), seq, np.float32), seq=seq), qos=1)
+        wait_for(lambda: s1.inbox.qsize() >= windows, f"{windows} answers", timeout=30)
+        answers = [s1.inbox.get() for _ in range(windows)]
+        assert {t for t, _ in answers} == {"infer/s1/result"}
+        assert sorted(decode(p)["seq"] for _, p in answers) == list(range(windows))
+    finally:
+        w.stop()
+        # Its retained status would reach the other tests' subscribers on this broker.
+        connect("worker").publish(f"hailo/{w.worker_id}/status", b"", retain=True)
 
 
 def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
