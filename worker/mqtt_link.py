@@ -57,7 +57,7 @@ class _Client(mqtt.Client):
 
     paho reads every packet with three or more `recv()` calls (its type byte, each byte of its
     length, then the rest) and writes every packet with its own `send()`: per window that is
-    some eight system calls, and as many TCP segments for the broker. Here reads are served
+    nine system calls (strace), and as many TCP segments for the broker. Here reads are served
     from one 64 KiB `recv()`, and the packets of one `loop_write()` go out in one `send()`.
     paho 2.x does all its socket I/O through `_sock_recv`, `_sock_send` and `_sock_close`;
     only our network thread calls `loop_read` and `loop_write` (paho never writes itself while
