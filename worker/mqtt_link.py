@@ -59,7 +59,8 @@ class _Client(mqtt.Client):
     length, then the rest) and writes every packet with its own `send()`: per window that is
     nine system calls (strace), and as many TCP segments for the broker. Here reads are served
     from one 64 KiB `recv()`, and the packets of one `loop_write()` go out in one `send()`.
-    paho 2.x does all its socket I/O through `_sock_recv`, `_sock_send` and `_sock_close`;
+    paho 2.x does all its socket I/O through `_sock_recv`, `_sock_send` and `_sock_close`
+    (private names, checked on paho 2.2: pyproject.toml keeps paho-mqtt below 2.3);
     only our network thread calls `loop_read` and `loop_write` (paho never writes itself while
     `on_socket_register_write` is set). Both buffers belong to one socket and are dropped with
     it, so nothing read from or meant for an old connection reaches a new one.
