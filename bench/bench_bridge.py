@@ -67,6 +67,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def services(workdir: Path, worker_env: dict[str, str]) -> Iterator[tuple[int, str, int]]:
     """Mosquitto, a stub worker and the bridge; yields (mqtt port, bridge URL, bridge pid)."""
     mqtt_port, http_port = free_port(), free_port()
+    while http_port == mqtt_port:  # the OS may hand out the same free port twice
+        http_port = free_port()
     conf = re.sub(r"^listener \d+.*$", f"listener {mqtt_port} 127.0.0.1",
                   (ROOT / "mosquitto" / "dev.conf").read_text(), flags=re.M)
     (workdir / "mosquitto.conf").write_text(conf + "\nuser root\n")

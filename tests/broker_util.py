@@ -42,7 +42,10 @@ def rewrite_config(
         text = text.replace(old, new)
 
     def loopback(match: re.Match[str]) -> str:
-        ports[int(match.group(1))] = port = free_port()
+        port = free_port()
+        while port in ports.values():  # the OS may hand out the same free port twice
+            port = free_port()
+        ports[int(match.group(1))] = port
         return f"listener {port} 127.0.0.1"
 
     return _USER.sub("", _LISTENER.sub(loopback, text)), ports
