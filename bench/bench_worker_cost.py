@@ -21,6 +21,7 @@ import gc
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if answered[0] != expected:
         raise SystemExit(f"{answered[0]} answers for {expected} windows: the worker misbehaved")
     print(f"worker's own cost, {args.form}: {min(timings):.2f} us/window fastest, "
-          f"{statistics.median(timings):.2f} median of {args.repeats}"
-          f" ({worker.__module__.split('.')[0]} from {sys.modules['worker'].__file__})")
+          f"{statistics.median(timings):.2f} median of {args.repeats} "
+          f"(the package in {Path(str(sys.modules['worker'].__file__)).parent})")
     return 0
 
 

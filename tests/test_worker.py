@@ -106,8 +106,8 @@ def test_bad_windows_get_errors_and_good_ones_keep_flowing(
 def test_a_non_finite_window_in_a_batch_is_answered_alone(
     start_worker: StartWorker, collector: Collector
 ) -> None:
-    """Finiteness is checked once per batch: the bad window gets its error, the rest their
-    results, in the same batch."""
+    """The finiteness check is made once per batch: the bad window gets its error, and the
+    windows it came with still get their own results, together in one batch."""
     start_worker(batch_max_size=8, batch_max_wait_ms=300)
     inf = window(1)
     inf[50, 3] = np.inf

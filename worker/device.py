@@ -31,6 +31,10 @@ class Task(Protocol):
         """Wait for the device and answer."""
         ...
 
+    def abandoned(self, why: str) -> None:
+        """The watchdog gave up on this task: answer for it."""
+        ...
+
 
 class DeviceRunner:
     def __init__(self, depth: int = 2) -> None:

@@ -317,7 +317,7 @@ class MqttLink:
         if pending or sock in readable:
             client.loop_read()
         if client.want_write():
-            client.loop_write()  # the socket rarely lacks room; paho keeps what it cannot send
+            client.loop_write()  # what the socket cannot take now waits for it to be writable
         client.loop_misc()
 
     def _sleep(self, timeout: float) -> None:

@@ -45,6 +45,7 @@ from worker.settings import WorkerSettings
 from worker.status import State, Status, will_payload
 from worker.wire import (
     CONTENT_TYPES,
+    NON_FINITE,
     ErrorCode,
     Window,
     WireError,
@@ -52,7 +53,6 @@ from worker.wire import (
     encode,
     error_doc,
     finite_rows,
-    non_finite_error,
 )
 
 log = logging.getLogger("worker")
@@ -438,8 +438,7 @@ class Worker:
         finite = finite_rows(x)
         if not finite.all():
             for job in itertools.compress(jobs, ~finite):
-                error = non_finite_error(job.window.seq)
-                self._error(job, error.code, error.detail)
+                self._error(job, "non_finite", NON_FINITE)
             jobs, x = list(itertools.compress(jobs, finite)), x[finite]
         return _Batch(self, jobs, x, limit_s) if jobs else None
 
@@ -448,8 +447,7 @@ class Worker:
         why = f"the {self.primary.mode} backend did not return within {tasks[0].limit_s:.1f} s"
         log.warning("%s: giving up on it", why)
         for task in tasks:
-            if isinstance(task, _Batch | _Reopen):
-                task.abandoned(why)
+            task.abandoned(why)
         if any(isinstance(task, _Batch) for task in tasks) and self.active is self.primary:
             self._device_down(self.primary, why)
 

@@ -29,6 +29,7 @@ ErrorCode = Literal[
     "inference_failed",
 ]
 Encoding = Literal["msgpack", "json"]
+NON_FINITE = "`x` holds NaN or infinity (or a number too big for float32)."
 
 CONTENT_TYPES: dict[str, str] = {"msgpack": "application/msgpack", "json": "application/json"}
 BIN_DTYPE = "<f4"
@@ -163,14 +164,8 @@ def decode_window(payload: bytes | bytearray, length: int, channels: int, *,
             seq,
         )
     if check_finite and not np.isfinite(arr).all():
-        raise non_finite_error(seq)
+        raise WireError("non_finite", NON_FINITE, seq)
     return Window(arr, seq, ts)
-
-
-def non_finite_error(seq: int | None) -> WireError:
-    return WireError(
-        "non_finite", "`x` holds NaN or infinity (or a number too big for float32).", seq
-    )
 
 
 def finite_rows(batch: Floats) -> npt.NDArray[np.bool_]:

@@ -154,11 +154,8 @@ class _Slot:
 
     bindings: Any
     outputs: dict[str, np.ndarray]
-    input_stream: Any = None
-    output_streams: list[tuple[Any, np.ndarray]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.output_streams = [(self.bindings.output(n), a) for n, a in self.outputs.items()]
+    input_stream: Any
+    output_streams: list[tuple[Any, np.ndarray]]
 
 
 @dataclass
@@ -250,7 +247,8 @@ class HailoBackend:
             for _ in range(self._batch):
                 buffers = {n: np.empty(s, dtype=np.float32) for n, s in layout.outputs.items()}
                 bindings = opened.configured.create_bindings(output_buffers=buffers)
-                slots.append(_Slot(bindings, buffers, bindings.input(layout.input_name)))
+                slots.append(_Slot(bindings, buffers, bindings.input(layout.input_name),
+                                   [(bindings.output(n), a) for n, a in buffers.items()]))
             opened.slot_sets.append(slots)
         opened.queue_size = max(1, int(opened.configured.get_async_queue_size()))
         opened.identity, opened.devices = self._identify(opened.vdevice)
