@@ -73,6 +73,11 @@ class WorkerMetrics:
             "hailo_worker_device_temperature_celsius", "Device temperature, where reported.",
             registry=r,
         )
+        self.backpressure_seconds = Counter(
+            "hailo_worker_backpressure_seconds",
+            "Time spent holding QUEUE_MAX windows and reading no more from the broker.",
+            registry=r,
+        )
         self.connected = Gauge(
             "hailo_worker_broker_connected", "1 while connected to the broker.", registry=r
         )
@@ -88,7 +93,7 @@ class WorkerMetrics:
             LATENCY_BUCKETS, r,
         )
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on `port` (0: off)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose /metrics on `host:port` (port 0: off)."""
         if port:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)

@@ -257,7 +257,7 @@ class MqttLink:
         self.client.connect_async(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
-            keepalive=30,
+            keepalive=self.settings.mqtt_keepalive_s,
             clean_start=self.clean_start,
             properties=props,
         )

@@ -43,6 +43,7 @@ from worker.metrics import WorkerMetrics
 from worker.mqtt_link import MqttLink, frozen, properties
 from worker.settings import WorkerSettings
 from worker.status import State, Status, will_payload
+from worker.summary import Summaries
 from worker.wire import (
     CONTENT_TYPES,
     NON_FINITE,
@@ -215,6 +216,7 @@ class Worker:
             model=primary.model_id,
             hef_sha256=_str_or_none(primary.info().get("hef_sha256")),
         )
+        self.summaries = Summaries(settings.worker_id, settings.summary_interval_s)
         self.encoding = settings.result_encoding
         content_type = CONTENT_TYPES[self.encoding]
         self._content_type = content_type
@@ -410,6 +412,8 @@ class Worker:
         else:
             wait = self._feed_device(runner, now)
         self.metrics.queue_depth.set(len(queue))
+        for topic, payload in self.summaries.due(now):
+            self.link.publish(topic, payload, qos=0, retain=True, props=self._status_props)
         if queue.closed and not (queue or self._answerable or runner):
             self._drained.set()
         return wait
@@ -497,6 +501,7 @@ class Worker:
         n = len(jobs)
         model, worker_id = backend.model_id, self.settings.worker_id
         observe = self.metrics.latency_seconds.observe
+        summarise = self.summaries.result
         for job, lat, scores in zip(jobs, latent.tolist(), motifs.tolist(), strict=True):
             window = job.window
             doc: dict[str, Any] = {"sensor_id": job.sensor_id}
@@ -509,9 +514,11 @@ class Worker:
             doc["model"] = model
             doc["worker_id"] = worker_id
             doc["batch_size"] = n
-            waited = time.monotonic() - job.received
-            doc["latency_ms"] = round(waited * 1000, 3)
+            now = time.monotonic()
+            waited = now - job.received
+            doc["latency_ms"] = latency_ms = round(waited * 1000, 3)
             observe(waited)
+            summarise(job.sensor_id, window.seq, scores, latency_ms, now)
             self._answer(job, "result", doc)
         self.metrics.results.inc(n)
 
@@ -551,6 +558,7 @@ class Worker:
     def _error(self, job: Job, code: ErrorCode, detail: str) -> None:
         self.metrics.errors.labels(code).inc()
         self.status.count(errors=1)
+        self.summaries.error(job.sensor_id, code, time.monotonic())
         self._answer(job, "error", error_doc(job.sensor_id, code, detail, job.window.seq))
 
     def _answer(self, job: Job, kind: str, doc: dict[str, Any]) -> None:

@@ -41,6 +41,10 @@ class CommonSettings(BaseSettings):
         "INFO", description="Log level."
     )
     log_format: Literal["text", "json"] = Field("text", description="`json`: one object a line.")
+    mqtt_keepalive_s: int = Field(
+        15, ge=2, le=3600,
+        description="MQTT keepalive: a silent network cut is noticed within about 1.5x this.",
+    )
 
     @model_validator(mode="after")
     def _tls_files_exist(self) -> CommonSettings:
@@ -82,10 +86,12 @@ class WorkerSettings(CommonSettings):
     channels: int = Field(9, ge=1, le=1024, description="Channels per time step.")
     batch_max_size: int = Field(8, ge=1, le=256, description="Most windows in one batch.")
     batch_max_wait_ms: float = Field(
-        5.0, ge=0, le=10_000, description="Longest wait of a batch's first window."
+        0.0, ge=0, le=10_000,
+        description="0: a batch starts as soon as the backend is free; >0 holds it for more.",
     )
     queue_max: int = Field(
-        1024, ge=1, le=1_000_000, description="Windows waiting; past it the oldest is dropped."
+        1024, ge=1, le=65535,
+        description="Most windows held unanswered; at it, no more are read from the broker.",
     )
     max_payload_bytes: int = Field(
         65536, ge=64, le=256 * 1024 * 1024, description="Larger windows: `too_large`."
@@ -105,7 +111,17 @@ class WorkerSettings(CommonSettings):
     status_interval_s: float = Field(
         10.0, gt=0, le=86_400, description="Retained status refresh period."
     )
+    summary_interval_s: float = Field(
+        1.0, ge=0, le=86_400, description="At most how often a sensor's summary goes out; 0: off."
+    )
+    ha_discovery: bool = Field(False, description="Announce worker and sensors to Home Assistant.")
+    ha_discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[^/+#][^+#]*$", description="Home Assistant discovery prefix."
+    )
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus port; 0: off.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address /metrics listens on (0.0.0.0: every interface)."
+    )
     device_timeout_ms: int = Field(
         1000, ge=1, le=600_000, description="Bound on one device call (the watchdog)."
     )

@@ -14,8 +14,10 @@ from worker import __version__
 State = Literal["starting", "online", "degraded", "stopped", "offline"]
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+def iso(ts: float | None = None) -> str:
+    """`ts` (default: now) as ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).isoformat(
+        timespec="milliseconds")
 
 
 def will_payload(worker_id: str) -> bytes:
@@ -61,8 +63,8 @@ class Status:
                 "mode": self.mode,
                 "model": self.model,
                 "version": __version__,
-                "started_at": _iso(self.started),
-                "updated_at": _iso(now),
+                "started_at": iso(self.started),
+                "updated_at": iso(now),
                 "uptime_s": round(now - self.started, 3),
                 "windows_total": self.windows_total,
                 "errors_total": self.errors_total,
