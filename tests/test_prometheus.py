@@ -150,7 +150,10 @@ def test_prometheus_scrapes_both_and_every_dashboard_query_has_data(
             "hailo_worker_windows_received_total":
                 {"": traffic.good + traffic.bad + traffic.infer_ok + 1},
             "hailo_worker_results_published_total": {"": traffic.good + traffic.infer_ok},
-            "hailo_worker_errors_total": {"decode_error": traffic.bad, "inference_failed": 1},
+            # Every code's series exists from the start, at 0 until it happens.
+            "hailo_worker_errors_total": {
+                "decode_error": traffic.bad, "inference_failed": 1, "invalid_dtype": 0,
+                "invalid_shape": 0, "non_finite": 0, "overloaded": 0, "too_large": 0},
             "hailo_bridge_worker_errors_total": {"inference_failed": 1},
             "hailo_worker_device_temperature_celsius": {"": TEMPERATURE_C},
             "hailo_worker_broker_connected": {"": 1},
