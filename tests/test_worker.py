@@ -174,6 +174,9 @@ def test_retained_status_through_start_stop_and_kill(
     offline = collector.wait_state("w-life", "offline", timeout=60)
     validate("status", offline)
     assert offline == {"state": "offline", "worker_id": "w-life"}
+    # The will sets ContentType like every other publish (issue 16, item 15).
+    assert collector.on("hailo/w-life/status")[-1].properties.ContentType == "application/json"
+    assert online["backpressure"] is False
 
 
 def test_windows_sent_while_the_worker_is_down_are_answered_after_restart(
@@ -273,6 +276,24 @@ def test_bad_setting_stops_with_one_line_naming_it(env: dict[str, str], name: st
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_busy_metrics_port_stops_with_one_line_naming_it(broker: object) -> None:
+    import os
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "METRICS_PORT": str(port), "MQTT_PORT": str(broker.port),  # type: ignore[attr-defined]
+               "MQTT_HOST": "127.0.0.1"}
+        proc = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True,
+                              text=True, timeout=30, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "bad setting: METRICS_PORT" in line and str(port) in line
 
 
 def test_print_config_masks_secrets() -> None:
