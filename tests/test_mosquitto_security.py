@@ -22,7 +22,6 @@ import select
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from mosquitto_prod import (
     PASSWORDS,
     START,
     SUCCESS,
+    TLS_PORT,
+    WS_PORT,
     Deployment,
     Endpoint,
     Peer,
@@ -49,6 +50,8 @@ from mosquitto_prod import (
     wait_for,
 )
 from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from support import WorkerProcess
 
 from worker.wire import decode, encode_window
@@ -248,17 +251,22 @@ def test_the_real_worker_serves_through_this_broker(
 ) -> None:
     """`hailo-worker` logged in with its role, over plain TCP and over TLS with the
     deployment's CA: its link reads many packets per recv() and sends many per send(), which
-    TLS must carry as well (records, partial writes)."""
+    TLS must carry as well (records, partial writes). It serves a shared group whose name
+    (the containment of a sensor joining the group, mosquitto/README.md) appears in nothing a
+    dashboard, let alone a sensor, can read."""
+    group = f"g-{secrets.token_hex(8)}"
     settings: dict[str, Any] = {"mqtt_username": "worker-pi1",
-                                "mqtt_password": PASSWORDS["worker-pi1"], "session_expiry_s": 0}
+                                "mqtt_password": PASSWORDS["worker-pi1"], "session_expiry_s": 0,
+                                "shared_group": group}
     if ep.ca is not None:
         settings.update(mqtt_tls="true", mqtt_ca_file=ep.ca)
     # WORKER_ID is the user name: the broker makes it the client id, the ACL the status topic.
     w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, **settings).start()
     try:
         dashboard = connect("dashboard")
-        dashboard.subscribe(f"hailo/{w.worker_id}/status")
-        wait_for(lambda: any(b'"online"' in p for _, p in list(dashboard.inbox.queue)),
+        dashboard.subscribe("#")
+        wait_for(lambda: any(t == f"hailo/{w.worker_id}/status" and b'"online"' in p
+                             for t, p in list(dashboard.inbox.queue)),
                  f"the worker online over {ep.kind}:\n{w.log()}", timeout=20)
         s1 = connect("s1")
         s1.subscribe("infer/s1/result", "infer/s1/error")
@@ -270,10 +278,15 @@ def test_the_real_worker_serves_through_this_broker(
         answers = [s1.inbox.get() for _ in range(windows)]
         assert {t for t, _ in answers} == {"infer/s1/result"}
         assert sorted(decode(p)["seq"] for _, p in answers) == list(range(windows))
+        seen = list(dashboard.inbox.queue)
+        assert {t for t, _ in seen} >= {f"hailo/{w.worker_id}/status", "infer/s1/result"}
+        assert not [t for t, p in seen if group.encode() in p or group in t]
     finally:
         w.stop()
-        # Its retained status would reach the other tests' subscribers on this broker.
-        connect("worker-pi1").publish(f"hailo/{w.worker_id}/status", b"", retain=True)
+        # Its retained status and summary would reach the other tests' subscribers here.
+        cleaner = connect("worker-pi1")
+        cleaner.publish(f"hailo/{w.worker_id}/status", b"", retain=True)
+        cleaner.publish("infer/s1/summary", b"", retain=True)
 
 
 def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
@@ -320,6 +333,183 @@ def test_bridge_publishes_as_bridge_and_reads_only_its_own_replies(
         ("infer/s2/error", error),
         ("hailo/worker/status", status),
     ]
+
+
+# --- client ids and sessions (issue 16 item 4) ----------------------------------------------
+
+
+@pytest.fixture(params=["tcp", "tls", "ws"])
+def any_listener(
+    request: pytest.FixtureRequest, prod_broker: Broker, deployment: Deployment
+) -> Endpoint:
+    ca = deployment.certs / "ca.crt" if request.param == "tls" else None
+    return Endpoint(request.param, 0, ca).on(prod_broker)
+
+
+def test_a_client_id_cannot_take_over_another_users_session(
+    any_listener: Endpoint, connect: Callable[..., Peer]
+) -> None:
+    """A sensor that connects with the worker's (or a bridge's) client id gets its own session:
+    the broker replaces the id with the user name, on every listener."""
+    worker = connect("worker", at=any_listener)
+    worker.subscribe("imu/+/window")
+    bridge = connect("bridge", at=any_listener)
+    bridge.subscribe("reply/bridge/#")
+    for victim in ("worker", "bridge"):
+        intruder = connect("s1", at=any_listener, client_id=victim)
+        assert intruder.subscribe(f"reply/{victim}/#") == [1]
+        window, reply = marker(), marker()
+        assert connect("s2", at=any_listener).publish("imu/s2/window", window) == SUCCESS
+        assert worker.until(window) == [("imu/s2/window", window)]
+        assert connect("observer", at=any_listener).publish("reply/bridge/1", reply) == SUCCESS
+        assert bridge.until(reply) == [("reply/bridge/1", reply)]
+        intruder.close()
+        for peer in (intruder, worker, bridge):  # reply/%c/# is reply/s1/# for the intruder
+            assert peer.inbox.empty(), peer.client_id
+    assert worker.disconnects.empty() and bridge.disconnects.empty()
+
+
+def test_a_session_belongs_to_the_user_whatever_client_id_it_sends(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A worker's persistent session is found by its user name (so by WORKER_ID); a second
+    login of the same user takes that session over, which is why each worker and each bridge
+    process has its own user."""
+    own = run_broker(deployment, tmp_path)
+    try:
+        at = Endpoint("tcp", own.port_for(MQTT_PORT))
+        first = Peer(at, "worker", client_id="anything", session_expiry=600, clean_start=False)
+        assert first.connect() == SUCCESS
+        first.subscribe("imu/+/window")
+        second = Peer(at, "worker", client_id="else", session_expiry=600, clean_start=False)
+        assert second.connect() == SUCCESS
+        assert second.session_present  # the first one's session, subscription included
+        first.disconnects.get(timeout=5)  # the first connection is closed
+        first.close()
+        second.close()
+        window = marker()
+        sensor = Peer(at, "s1")
+        assert sensor.connect() == SUCCESS
+        assert sensor.publish("imu/s1/window", window) == SUCCESS  # queued for the session
+        sensor.close()
+        back = Peer(at, "worker", client_id="a-third-id", session_expiry=600, clean_start=False)
+        assert back.connect() == SUCCESS
+        assert back.session_present
+        assert back.until(window) == [("imu/s1/window", window)]
+        back.close()
+    finally:
+        own.stop()
+
+
+# --- a worker's own status (issue 16 item 13) -----------------------------------------------
+
+
+def test_a_worker_writes_only_its_own_status_and_will(
+    connect: Callable[..., Peer], ep: Endpoint
+) -> None:
+    dashboard = connect("dashboard")
+    dashboard.subscribe("hailo/+/status")
+    other = connect("worker-pi1")
+    # A fake `online` for another worker would turn the bridge's /healthz 200.
+    assert other.publish("hailo/worker/status", b'{"state": "online"}', retain=True) == (
+        NOT_AUTHORIZED
+    )
+    for topic in ("hailo/worker/status", "hailo/worker-pi1/status"):
+        dying = Peer(ep, "worker-pi1")
+        dying.client.will_set(topic, topic.encode(), qos=1)
+        assert dying.connect() == SUCCESS
+        # DISCONNECT with reason 0x04 asks the broker to publish the will, as a cut cable does.
+        dying.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        dying.client.loop_stop()
+    done = marker()
+    assert connect("worker").publish("hailo/worker/status", done) == SUCCESS
+    assert dashboard.until(done) == [
+        ("hailo/worker-pi1/status", b"hailo/worker-pi1/status"),  # the forged will never came
+        ("hailo/worker/status", done),
+    ]
+
+
+# --- summaries and Home Assistant -----------------------------------------------------------
+
+
+def test_summaries_and_home_assistant_discovery(connect: Callable[..., Peer]) -> None:
+    """Workers write summaries and discovery configs and read HA's birth message; dashboards
+    and bridges read the summaries; a sensor does neither."""
+    readers = [connect(name) for name in ("dashboard", "bridge")]
+    for reader in readers:
+        reader.subscribe("infer/+/summary")
+    s1 = connect("s1")
+    s1.subscribe("infer/+/summary", "homeassistant/#", "infer/s1/result")
+    worker = connect("worker")
+    worker.subscribe("homeassistant/status")
+    assert s1.publish("infer/s1/summary", b"forged") == NOT_AUTHORIZED
+    assert s1.publish("homeassistant/sensor/x/config", b"forged") == NOT_AUTHORIZED
+    summary = marker()
+    assert worker.publish("infer/s2/summary", summary, qos=0) == SUCCESS
+    for reader in readers:
+        assert reader.until(summary) == [("infer/s2/summary", summary)]
+    config = "homeassistant/sensor/worker_state/config"
+    assert worker.publish(config, b"{}", retain=True) == SUCCESS  # retained for HA
+    worker.publish(config, b"", retain=True)
+    # HA's birth message, here from another worker (any user with write on it would do).
+    birth = marker()
+    assert connect("worker-pi1").publish("homeassistant/status", birth) == SUCCESS
+    assert worker.until(birth) == [("homeassistant/status", birth)]
+    done = marker()
+    worker.publish("infer/s1/result", done)
+    assert s1.until(done) == [("infer/s1/result", done)]  # no summary, no config before it
+
+
+# --- shared groups (issue 16 item 3) --------------------------------------------------------
+
+
+def test_a_sensor_in_another_shared_group_steals_nothing(connect: Callable[..., Peer]) -> None:
+    """Each group gets its own copy of every window: joining a group other than the workers'
+    takes nothing from them (and the sensor's read ACL hands it nothing)."""
+    worker = connect("worker")
+    assert worker.subscribe("$share/workers-7f3a/imu/+/window") == [1]
+    thief = connect("s2")
+    for group in ("workers", "g", "hailo", "workers-7f3b"):
+        assert thief.subscribe(f"$share/{group}/imu/+/window") == [1]
+    s1 = connect("s1")
+    windows = [marker() for _ in range(20)]
+    for w in windows:
+        assert s1.publish("imu/s1/window", w) == SUCCESS
+    assert [p for _, p in worker.until(windows[-1])] == windows
+    assert thief.inbox.empty()
+
+
+def test_a_sensor_in_the_workers_group_black_holes_its_share(
+    connect: Callable[..., Peer],
+) -> None:
+    """What Mosquitto 2.0.11 cannot refuse (mosquitto/README.md, "Threat model"): the SUBSCRIBE
+    is granted, the member is picked before the read ACL is checked, and its share vanishes
+    with a success PUBACK. Hence SHARED_GROUP is a secret. If this test ever fails, the broker
+    has learned to refuse it: update the threat model."""
+    worker = connect("worker")
+    worker.subscribe("$share/known/imu/+/window")
+    assert connect("s2").subscribe("$share/known/imu/+/window") == [1]
+    s1 = connect("s1")
+    windows = [marker() for _ in range(20)]
+    assert [s1.publish("imu/s1/window", w) for w in windows] == [SUCCESS] * 20
+    # Two members: strict round robin, so the worker gets every other window.
+    wait_for(lambda: worker.inbox.qsize() >= 10, "the worker's share")
+    time.sleep(0.3)
+    assert [worker.inbox.get()[1] for _ in range(worker.inbox.qsize())] == windows[::2]
+
+
+# --- listeners (issue 16 item 14) ----------------------------------------------------------
+
+
+def test_every_listener_listens_where_the_config_says(prod_broker: Broker) -> None:
+    """No listener beyond the config's (use_username_as_clientid above the first listener would
+    open a default one on 1883, every interface), and none on every interface in tests: the
+    WebSocket one is bound by interface name (broker_util), as `ss -ltnp` shows."""
+    assert prod_broker.listening() == {
+        f"127.0.0.1:{prod_broker.port_for(MQTT_PORT)}",
+        f"127.0.0.1:{prod_broker.port_for(TLS_PORT)}",
+        f"[::ffff:127.0.0.1]:{prod_broker.port_for(WS_PORT)}",
+    }
 
 
 # --- limits ----------------------------------------------------------------------------------
