@@ -8,7 +8,9 @@
 # one line naming the setting, exit 2, like any other bad setting.
 set -eu
 
-for name in MQTT_USERNAME MQTT_PASSWORD BRIDGE_TOKEN; do
+# SHARED_GROUP is one of them: a sensor that knows the group name can join it and black-hole a
+# share of the windows (mosquitto/README.md, "Threat model").
+for name in MQTT_USERNAME MQTT_PASSWORD BRIDGE_TOKEN SHARED_GROUP; do
     eval "file=\${${name}_FILE:-}"
     [ -n "$file" ] || continue
     eval "direct=\${${name}:-}"
