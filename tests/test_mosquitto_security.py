@@ -660,6 +660,25 @@ def test_add_user_files(tmp_path: Path) -> None:
             assert password not in text
 
 
+def test_add_user_keeps_the_home_assistant_prefix_it_was_given(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    env.pop("HA_DISCOVERY_PREFIX", None)
+    add_user(env, "pi", "worker", "pw")
+    acl = (tmp_path / "acl").read_text()
+    assert "topic write homeassistant/#\ntopic read homeassistant/status\n" in acl
+    subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": "site/ha"},
+                   check=True, capture_output=True)
+    add_user(env, "s1", "sensor", "pw")  # no variable now: the recorded prefix stays
+    acl = (tmp_path / "acl").read_text()
+    assert "topic write site/ha/#\ntopic read site/ha/status\n" in acl
+    assert "homeassistant" not in acl
+    for bad in ("ha/#", "+", "/ha", "ha//x", "$SYS"):
+        done = subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": bad},
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and "HA_DISCOVERY_PREFIX" in done.stderr, bad
+    assert "topic write site/ha/#\n" in (tmp_path / "acl").read_text()
+
+
 def test_add_user_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:
     env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
     password = "typed-" + secrets.token_hex(6)
