@@ -15,8 +15,15 @@
 # worker: `add-user.sh pi5-worker worker`), a bridge's is its client id (one user per bridge
 # process), a sensor's is its sensor_id.
 #
-# Files: MOSQUITTO_PASSWD_FILE (default: passwd beside this script); MOSQUITTO_ROLES_FILE and
-# MOSQUITTO_ACL_FILE (default: roles and acl beside the password file). The password file is
+# No acl line can refuse a SUBSCRIBE, so a sensor could join the workers' shared group and make
+# its share of the windows vanish. The bundled dynamic-security plugin can: the script also
+# writes dynamic-security.json, which lists every user of the roles file but the workers with
+# one role, "no-shared-subscriptions" (SUBSCRIBE to $share/# refused), and defers everything else
+# (passwords, every other right) to passwd and acl. The broker reads it at start only.
+#
+# Files: MOSQUITTO_PASSWD_FILE (default: passwd beside this script); MOSQUITTO_ROLES_FILE,
+# MOSQUITTO_ACL_FILE and MOSQUITTO_DYNSEC_FILE (default: roles, acl and dynamic-security.json
+# beside the password file). The password file is
 # made mode 0640, group MOSQUITTO_GROUP (default: mosquitto, when that group exists and this
 # runs as root), because the broker reads it as its own user.
 #
@@ -30,6 +37,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 passwd_file=${MOSQUITTO_PASSWD_FILE:-$here/passwd}
 roles_file=${MOSQUITTO_ROLES_FILE:-$(dirname "$passwd_file")/roles}
 acl_file=${MOSQUITTO_ACL_FILE:-$(dirname "$passwd_file")/acl}
+dynsec_file=${MOSQUITTO_DYNSEC_FILE:-$(dirname "$passwd_file")/dynamic-security.json}
 name_re='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 # Topic levels without wildcards, without an empty level and not starting with $.
 prefix_re='^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$'
@@ -150,6 +158,29 @@ EOF
     done
 }
 
+# The dynamic-security plugin's file: no passwords (a client without one is left to passwd), no
+# default access (what it does not decide, acl decides), one refusal. User names are checked
+# against name_re, so they need no JSON escaping.
+render_dynsec() {
+    local name role sep=""
+    echo '{'
+    echo '  "defaultACLAccess": {"publishClientSend": false, "publishClientReceive": false,'
+    echo '                       "subscribe": false, "unsubscribe": false},'
+    echo '  "roles": [{"rolename": "no-shared-subscriptions", "acls": ['
+    echo '    {"acltype": "subscribePattern", "topic": "$share/#", "priority": 0, "allow": false}]}],'
+    echo '  "groups": [],'
+    echo '  "clients": ['
+    while read -r name role; do
+        [[ $role == worker ]] && continue
+        printf '%s    {"username": "%s", "roles": [{"rolename": "no-shared-subscriptions"}]}' \
+            "$sep" "$name"
+        sep=$',\n'
+    done
+    [[ -z $sep ]] || echo
+    echo '  ]'
+    echo '}'
+}
+
 # Write through a temporary file in the same directory, so the broker never reads half a file.
 install_text() {
     local target=$1 mode=$2 tmp
@@ -165,8 +196,10 @@ sync_acl() {
     ha=$(ha_prefix)
     if [[ -n $roles ]]; then
         render_acl "$ha" <<<"$roles" | install_text "$acl_file" 0644
+        render_dynsec <<<"$roles" | install_text "$dynsec_file" 0644
     else
         render_acl "$ha" </dev/null | install_text "$acl_file" 0644
+        render_dynsec </dev/null | install_text "$dynsec_file" 0644
     fi
 }
 
@@ -215,12 +248,14 @@ set_role() {
 reload_hint() {
     echo "Send the broker SIGHUP to apply: kill -HUP <mosquitto pid>" \
         "(Docker: docker kill -s HUP <container>)."
+    echo "A new user is refused shared subscriptions only after the broker's next restart" \
+        "(dynamic-security.json is read at start)."
 }
 
 main() {
     if [[ $# -eq 1 && $1 == --sync ]]; then
         sync_acl
-        echo "ACL $acl_file regenerated from $roles_file."
+        echo "ACL $acl_file and $dynsec_file regenerated from $roles_file."
         reload_hint
         return
     fi
@@ -234,7 +269,7 @@ main() {
     set_password "$name" "$REPLY"
     set_role "$name" "$role"
     sync_acl
-    echo "User $name ($role) saved in $passwd_file; ACL $acl_file regenerated."
+    echo "User $name ($role) saved in $passwd_file; ACL $acl_file and $dynsec_file regenerated."
     reload_hint
 }
 

@@ -15,6 +15,7 @@ Mosquitto handles packets in order, so a leaked message would be there before it
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import secrets
@@ -463,32 +464,41 @@ def test_summaries_and_home_assistant_discovery(connect: Callable[..., Peer]) ->
 # --- shared groups (issue 16 item 3) --------------------------------------------------------
 
 
-def test_a_sensor_in_another_shared_group_steals_nothing(connect: Callable[..., Peer]) -> None:
-    """Each group gets its own copy of every window: joining a group other than the workers'
-    takes nothing from them (and the sensor's read ACL hands it nothing)."""
-    worker = connect("worker")
-    assert worker.subscribe("$share/workers-7f3a/imu/+/window") == [1]
-    thief = connect("s2")
-    for group in ("workers", "g", "hailo", "workers-7f3b"):
-        assert thief.subscribe(f"$share/{group}/imu/+/window") == [1]
-    s1 = connect("s1")
+def test_no_user_but_a_worker_may_join_a_shared_group(
+    any_listener: Endpoint, connect: Callable[..., Peer]
+) -> None:
+    """The dynamic-security plugin (loaded by start.sh from add-user.sh's file) refuses the
+    SUBSCRIBE: SUBACK 0x87 to v5 clients, 0x80 to v3.1.1. The acl file could not (a granted
+    member black-holed its round-robin share: 10 of 20 windows answered on main)."""
+    worker = connect("worker", at=any_listener)
+    assert worker.subscribe("$share/workers/imu/+/window") == [1]
+    for name in ("s2", "bridge", "dashboard"):
+        intruder = connect(name, at=any_listener)
+        assert intruder.subscribe("$share/workers/imu/+/window", "$share/x/#") == [
+            NOT_AUTHORIZED, NOT_AUTHORIZED,
+        ], name
+        assert intruder.subscribe("imu/+/window") == [1]  # plain ones are granted as ever
+    old = Peer(any_listener, "s1", protocol=MQTTProtocolVersion.MQTTv311)
+    assert old.connect() == SUCCESS
+    assert old.subscribe("$share/workers/imu/+/window") == [0x80]
+    old.close()
+    s1 = connect("s1", at=any_listener)
     windows = [marker() for _ in range(20)]
     for w in windows:
         assert s1.publish("imu/s1/window", w) == SUCCESS
     assert [p for _, p in worker.until(windows[-1])] == windows
-    assert thief.inbox.empty()
 
 
-def test_a_sensor_in_the_workers_group_black_holes_its_share(
+def test_a_user_missing_from_the_roles_file_black_holes_its_share(
     connect: Callable[..., Peer],
 ) -> None:
-    """What Mosquitto 2.0.11 cannot refuse (mosquitto/README.md, "Threat model"): the SUBSCRIBE
-    is granted, the member is picked before the read ACL is checked, and its share vanishes
-    with a success PUBACK. Hence SHARED_GROUP is a secret. If this test ever fails, the broker
-    has learned to refuse it: update the threat model."""
+    """What remains (mosquitto/README.md, "Threat model"): a user the plugin does not list (one
+    added to passwd by hand, here s3) is granted the SUBSCRIBE, is picked round robin before
+    its read access is checked, and its share vanishes with a success PUBACK to the sender.
+    Hence users are made with add-user.sh, and SHARED_GROUP is a secret too."""
     worker = connect("worker")
     worker.subscribe("$share/known/imu/+/window")
-    assert connect("s2").subscribe("$share/known/imu/+/window") == [1]
+    assert connect("s3").subscribe("$share/known/imu/+/window") == [1]
     s1 = connect("s1")
     windows = [marker() for _ in range(20)]
     assert [s1.publish("imu/s1/window", w) for w in windows] == [SUCCESS] * 20
@@ -496,6 +506,29 @@ def test_a_sensor_in_the_workers_group_black_holes_its_share(
     wait_for(lambda: worker.inbox.qsize() >= 10, "the worker's share")
     time.sleep(0.3)
     assert [worker.inbox.get()[1] for _ in range(worker.inbox.qsize())] == windows[::2]
+
+
+def test_a_new_user_is_refused_shared_subscriptions_after_a_restart(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """passwd and acl are reread on SIGHUP; the plugin's file only at start."""
+    dep = Deployment(tmp_path / "dep")
+    shutil.copytree(deployment.root, dep.root)
+    own = run_broker(dep, tmp_path / "broker")
+    try:
+        at = Endpoint("tcp", own.port_for(MQTT_PORT))
+        password = secrets.token_urlsafe(12)
+        add_user(dep.env(), "s4", "sensor", password)
+        own.reload()
+        s4 = connect_when_ready(at, "s4", password)
+        assert s4.subscribe("$share/g/imu/+/window") == [1]  # until the restart
+        s4.close()
+        own.restart()
+        s4 = connect_when_ready(at, "s4", password)
+        assert s4.subscribe("$share/g/imu/+/window") == [NOT_AUTHORIZED]
+        s4.close()
+    finally:
+        own.stop()
 
 
 # --- listeners (issue 16 item 14) ----------------------------------------------------------
@@ -652,6 +685,11 @@ def test_add_user_files(tmp_path: Path) -> None:
     assert roles == ["pi worker", "s1 dashboard", ""]
     acl = (tmp_path / "acl").read_text()
     assert "user pi\ntopic deny imu/pi/window\ntopic read imu/+/window\n" in acl
+    dynsec = json.loads((tmp_path / "dynamic-security.json").read_text())
+    assert [c["username"] for c in dynsec["clients"]] == ["s1"]  # every user but the worker
+    assert dynsec["roles"][0]["acls"] == [
+        {"acltype": "subscribePattern", "topic": "$share/#", "priority": 0, "allow": False}
+    ]
     block = acl.split("user pi\n")[1].split("\n\n")[0]
     assert "topic write hailo/pi/status" in block.split("\n")  # its own status, no other
     assert "user s1\ntopic deny imu/s1/window\ntopic deny reply/#\n" in acl
@@ -730,9 +768,12 @@ def test_committed_acl_is_generated_from_committed_roles(tmp_path: Path) -> None
         "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd"),
         "MOSQUITTO_ROLES_FILE": str(MOSQ / "roles"),
         "MOSQUITTO_ACL_FILE": str(tmp_path / "acl"),
+        "MOSQUITTO_DYNSEC_FILE": str(tmp_path / "dynamic-security.json"),
     }
     subprocess.run([str(ADD_USER), "--sync"], env=env, check=True, capture_output=True)
     assert (tmp_path / "acl").read_text() == (MOSQ / "acl").read_text()
+    generated = (tmp_path / "dynamic-security.json").read_text()
+    assert generated == (MOSQ / "dynamic-security.json").read_text()
 
 
 def test_start_sh_turns_tls_on_only_with_a_certificate_and_key(tmp_path: Path) -> None:
