@@ -97,7 +97,7 @@ render_acl() {
 # then the pattern lines, which apply to every user; no match means no access. A SUBSCRIBE is
 # always granted: read access is checked for each message delivered, against its real topic, so
 # read on imu/+/window also covers $share/<group>/imu/+/window. No line here can refuse a
-# SUBSCRIBE: keep SHARED_GROUP secret (mosquitto/README.md, "Threat model").
+# SUBSCRIBE: dynamic-security.json does, for $share/# and every user but the workers.
 # The broker binds each client id to its user name, so %c below is the user name too.
 EOF
     echo "$prefix_line$ha"
