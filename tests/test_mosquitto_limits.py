@@ -65,9 +65,9 @@ def seq_of(payload: bytes) -> int:
     return int(struct.unpack_from("<q", payload)[0])
 
 
-def absent_worker(broker: Broker, **options: object) -> None:
+def absent_worker(broker: Broker) -> None:
     """The worker's persistent session, subscribed to every window, with the worker away."""
-    w = Peer(tcp(broker), "worker", session_expiry=3600, clean_start=False, **options)  # type: ignore[arg-type]
+    w = Peer(tcp(broker), "worker", session_expiry=3600, clean_start=False)
     assert w.connect() == SUCCESS
     w.subscribe("imu/+/window")
     w.close()
