@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what pip cannot: Mosquitto (broker and clients), jq, curl, openssl and Prometheus,
+# Installs what pip cannot: Mosquitto (broker and clients), jq, curl, openssl, ss and Prometheus,
 # from Debian. Idempotent: does nothing when they are already there.
 set -euo pipefail
 missing=()
@@ -8,6 +8,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # throwaway certs in the TLS tests
+# `ss -ltnp`: tests/test_mosquitto_security.py checks where each broker listener listens
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 # tests/test_prometheus.py runs prometheus and promtool (both in this package) as plain processes
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
     || missing+=(prometheus)
