@@ -810,3 +810,62 @@ def test_no_private_key_is_kept_in_the_repo() -> None:
     for path in MOSQ.rglob("*"):
         if path.is_file():
             assert "PRIVATE KEY" not in path.read_text(errors="replace"), path
+
+
+def test_a_restarted_workers_backlog_is_answered_as_it_drains_not_at_its_end(
+    prod_broker: Broker, tmp_path: Path
+) -> None:
+    """Flow control against the production config: a worker killed while 3000 windows queue
+    for it gets them all answered, in order, after its restart, with results (none shed), and
+    its answers flow while the backlog drains rather than at its end."""
+    from reliability.double import make_hef
+
+    ep = Endpoint("tcp", 0).on(prod_broker)
+    # The HailoRT double at 5 ms a batch of 8 (about 1600 windows/s): slow enough to see when
+    # each answer leaves.
+    settings: dict[str, Any] = {"mqtt_username": "worker-pi1",
+                                "mqtt_password": PASSWORDS["worker-pi1"],
+                                "session_expiry_s": 600, "queue_max": 64, "infer_mode": "hailo",
+                                "hef_path": make_hef(tmp_path / "m.hef"),
+                                "hailo_double_latency_ms": 5, "hailo_double_compute": 0}
+    peers = [Peer(ep, "s1"), Peer(ep, "dashboard")]
+    s1, dashboard = peers
+    for peer in peers:
+        assert peer.connect() == 0
+    dashboard.subscribe("hailo/worker-pi1/status")
+    s1.subscribe("infer/s1/result", "infer/s1/error")
+
+    def online() -> bool:
+        return any(b'"online"' in p for _, p in list(dashboard.inbox.queue))
+
+    w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, **settings).start()
+    try:
+        wait_for(online, "the worker online", timeout=20)
+        w.kill()  # its session stays, for 600 s: the broker queues for it
+        windows = 3000
+        for seq in range(windows):
+            s1.client.publish("imu/s1/window", encode_window(
+                np.full((100, 9), seq, np.float32), seq=seq), qos=1)
+        time.sleep(1.0)
+        restarted = time.monotonic()
+        w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, **settings).start()
+        wait_for(lambda: s1.inbox.qsize() >= 1, "a first answer", timeout=30)
+        first = time.monotonic() - restarted
+        wait_for(lambda: s1.inbox.qsize() >= windows // 2, "half the answers", timeout=120)
+        half = time.monotonic() - restarted
+        wait_for(lambda: s1.inbox.qsize() >= windows, f"{windows} answers", timeout=120)
+        drained = time.monotonic() - restarted
+        answers = [s1.inbox.get() for _ in range(windows)]
+        print(f"\nbacklog of {windows}: first answer {first:.2f} s, half {half:.2f} s, all "
+              f"{drained:.2f} s after the restart")
+        assert {t for t, _ in answers} == {"infer/s1/result"}
+        assert [decode(p)["seq"] for _, p in answers] == list(range(windows))
+        assert half < 0.8 * drained  # answers flow while the backlog drains, not at its end
+    finally:
+        w.kill()
+        cleaner = Peer(ep, "worker-pi1")
+        cleaner.connect()
+        cleaner.publish("hailo/worker-pi1/status", b"", retain=True)
+        cleaner.publish("infer/s1/summary", b"", retain=True)
+        for peer in (*peers, cleaner):
+            peer.close()

@@ -300,12 +300,14 @@ def test_print_config_masks_secrets() -> None:
     import os
 
     proc = subprocess.run([sys.executable, "-m", "worker", "--print-config"],
-                          env={**os.environ, "MQTT_PASSWORD": "hunter2", "SHARED_GROUP": "g"},
+                          env={**os.environ, "MQTT_PASSWORD": "hunter2",
+                               "SHARED_GROUP": "grp-s3cret"},
                           capture_output=True, text=True, timeout=30, cwd=REPO)
     assert proc.returncode == 0
-    assert "hunter2" not in proc.stdout
+    assert "hunter2" not in proc.stdout and "s3cret" not in proc.stdout
     cfg = json.loads(proc.stdout)
     assert cfg["MQTT_PASSWORD"] == "****" and cfg["SESSION_EXPIRY_S"] == 0
+    assert cfg["SHARED_GROUP"] == "****"  # joining a group takes only its name
 
 
 def test_shared_group_splits_windows_between_workers(
@@ -320,6 +322,7 @@ def test_shared_group_splits_windows_between_workers(
     assert len(collector.answers()) == 40  # each window answered once, not once per worker
     workers = {m.doc()["worker_id"] for m in answers}
     assert workers == {a.worker_id, b.worker_id}
+    assert "g1" not in a.log()  # the group's name is a secret of sorts: not in the logs
 
 
 def test_summaries_are_retained_json_per_sensor_and_follow_the_schema(

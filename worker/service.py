@@ -122,9 +122,9 @@ class Worker:
         gc.collect()
         gc.freeze()
         log.info(
-            "serving %s as %s (mode %s, model %s, holding at most %d windows)",
-            self.settings.window_topic, self.settings.worker_id, self.status.mode,
-            self.status.model, self.settings.queue_max,
+            "serving imu/+/window%s as %s (mode %s, model %s, holding at most %d windows)",
+            " in a shared group" if self.settings.shared_group else "", self.settings.worker_id,
+            self.status.mode, self.status.model, self.settings.queue_max,
         )
         while not stop.wait(self.settings.status_interval_s):
             self._refresh_device_facts()

@@ -189,12 +189,19 @@ def settings_help(cls: type[BaseSettings]) -> str:
     return "\n".join(lines)
 
 
+# Not credentials, but kept from anyone who can read the logs: a shared group's name is all a
+# client needs to join the group and take a share of the windows (mosquitto/README.md).
+SECRET_NAMES = frozenset({"shared_group"})
+
+
 def masked(settings: BaseSettings) -> dict[str, object]:
     """The effective settings, secrets masked, for `--print-config` and the logs."""
     out: dict[str, object] = {}
     for name, value in settings.model_dump().items():
         if isinstance(value, SecretStr):
             value = "****" if value.get_secret_value() else ""
+        elif name in SECRET_NAMES and value:
+            value = "****"
         elif isinstance(value, Path):
             value = str(value)
         out[name.upper()] = value
