@@ -2,9 +2,10 @@
 # Smoke test of a running deployment (the seed's section 6, against hailo-bridge and the broker):
 #   1. GET  /healthz answers 200, printed with jq;
 #   2. POST /infer with the seed's body (100 rows of 9 zeros) answers 64 latent + 12 motif scores;
-#   3. the same round trip over MQTT: mosquitto_pub -f schemas/examples/window.msgpack to
-#      imu/<sensor>/window, mosquitto_sub on infer/<sensor>/+, and the answer must be a result
-#      with 64 + 12 floats (msgpack or JSON, read with the repo's worker.wire).
+#   3. the same round trip over MQTT: schemas/examples/window.msgpack to imu/<sensor>/window,
+#      the answer on infer/<sensor>/+ must be a result with 64 + 12 floats (msgpack or JSON, read
+#      with the repo's worker.wire). The seed used mosquitto_pub and mosquitto_sub; one paho
+#      connection does both here, since the broker gives each user a single client id.
 # The seed's jq filter `.latent|length==64 and .motif_scores|length==12` is wrong (jq reads it as
 # `.latent | (length==64 and .motif_scores) | ...`); the parenthesised one below is the fix.
 #
@@ -26,14 +27,11 @@ WINDOW=schemas/examples/window.msgpack
 fail() { echo "FAIL: $*" >&2; exit 1; }
 step() { echo "== $*"; }
 
-for tool in curl jq mosquitto_pub mosquitto_sub "$PYTHON"; do
+for tool in curl jq "$PYTHON"; do
     command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 auth=()
 [ -n "${BRIDGE_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $BRIDGE_TOKEN")
-mqtt=(-h "$MQTT_HOST" -p "$MQTT_PORT")
-[ -n "${MQTT_USERNAME:-}" ] && mqtt+=(-u "$MQTT_USERNAME")
-[ -n "${MQTT_PASSWORD:-}" ] && mqtt+=(-P "$MQTT_PASSWORD")
 
 # Body and status code both: a failure then says why (the bridge's reason or detail).
 fetch() { curl -sS --max-time "$TIMEOUT_S" -w '\n%{http_code}' "$@"; }
@@ -60,20 +58,36 @@ echo "ok"
 step "mqtt: $WINDOW to imu/$SENSOR/window on $MQTT_HOST:$MQTT_PORT"
 [ -f "$WINDOW" ] || fail "$WINDOW is missing"
 out=$(mktemp)
-trap 'rm -f "$out"; [ -n "${sub:-}" ] && kill "$sub" 2>/dev/null' EXIT
-# Topic and hex payload on one line: results are msgpack by default, binary.
-mosquitto_sub "${mqtt[@]}" -q 1 -t "infer/$SENSOR/+" -C 1 -W "$TIMEOUT_S" -F '%t %x' >"$out" &
-sub=$!
-# mosquitto_sub cannot say when it has subscribed: publish again every second until it has an
-# answer (a second answer is harmless, it exits after the first).
-for _ in $(seq "$TIMEOUT_S"); do
-    sleep 1
-    [ -s "$out" ] && break
-    mosquitto_pub "${mqtt[@]}" -q 1 -t "imu/$SENSOR/window" -f "$WINDOW" \
-        || fail "mosquitto_pub could not publish to $MQTT_HOST:$MQTT_PORT"
-done
-wait "$sub" 2>/dev/null
-sub=
+trap 'rm -f "$out"' EXIT
+# One connection subscribes, then publishes once its SUBACK is in: the production broker binds a
+# client id to its user, so a mosquitto_sub and a mosquitto_pub logged in as the same sensor would
+# take each other's session. Topic and hex payload on one line: results are msgpack by default.
+MQTT_HOST=$MQTT_HOST MQTT_PORT=$MQTT_PORT SENSOR=$SENSOR TIMEOUT_S=$TIMEOUT_S WINDOW=$WINDOW \
+"$PYTHON" - >"$out" <<'PY' || fail "could not reach the broker at $MQTT_HOST:$MQTT_PORT"
+import os, sys, threading
+import paho.mqtt.client as mqtt
+
+env = os.environ
+sensor = env["SENSOR"]
+answer: list[str] = []
+done = threading.Event()
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=env.get("MQTT_USERNAME") or sensor,
+                     protocol=mqtt.MQTTv5)
+if env.get("MQTT_USERNAME"):
+    client.username_pw_set(env["MQTT_USERNAME"], env.get("MQTT_PASSWORD"))
+client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"infer/{sensor}/+", qos=1)
+client.on_subscribe = lambda c, u, mid, rcs, p: c.publish(
+    f"imu/{sensor}/window", open(env["WINDOW"], "rb").read(), qos=1)
+def on_message(c, u, msg):
+    answer.append(f"{msg.topic} {msg.payload.hex()}")
+    done.set()
+client.on_message = on_message
+client.connect(env["MQTT_HOST"], int(env["MQTT_PORT"]))
+client.loop_start()
+done.wait(float(env["TIMEOUT_S"]))
+client.loop_stop()
+print(*answer[:1])
+PY
 [ -s "$out" ] || fail "no answer on infer/$SENSOR/+ within ${TIMEOUT_S} s"
 read -r topic hex <"$out"
 [ "$topic" = "infer/$SENSOR/result" ] || fail "answer on $topic, not infer/$SENSOR/result"

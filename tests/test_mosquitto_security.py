@@ -22,6 +22,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ from mosquitto_prod import (
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
-from support import WorkerProcess
+from support import REPO, BridgeProcess, WorkerProcess
 
 from worker.wire import decode, encode_window
 
@@ -288,6 +289,41 @@ def test_the_real_worker_serves_through_this_broker(
         cleaner = connect("worker-pi1")
         cleaner.publish(f"hailo/{w.worker_id}/status", b"", retain=True)
         cleaner.publish("infer/s1/summary", b"", retain=True)
+
+
+def test_smoke_script_passes_against_the_production_broker(
+    prod_broker: Broker, deployment: Deployment, tmp_path: Path
+) -> None:
+    """scripts/smoke.sh as docker_ci.sh runs it: every client logged in as its own user, the
+    sensor's subscription and publication on its one client id (a mosquitto_sub beside a
+    mosquitto_pub as the same user took each other's session and never saw an answer)."""
+    ep = Endpoint("tcp", 0, None).on(prod_broker)
+    w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path,
+                      mqtt_username="worker-pi1", mqtt_password=PASSWORDS["worker-pi1"]).start()
+    bridge = BridgeProcess(ep.port, log_dir=tmp_path, bridge_client_id="bridge-2",
+                           mqtt_username="bridge-2", mqtt_password=PASSWORDS["bridge-2"])
+    try:
+        bridge.start()
+        env = {**os.environ, "BRIDGE_URL": bridge.url, "MQTT_HOST": "127.0.0.1",
+               "MQTT_PORT": str(ep.port), "MQTT_USERNAME": "s2",
+               "MQTT_PASSWORD": PASSWORDS["s2"], "SMOKE_SENSOR": "s2",
+               "PYTHON": sys.executable}
+        wait_for(lambda: subprocess.run(["curl", "-sf", f"{bridge.url}/healthz"],
+                                        capture_output=True).returncode == 0,
+                 f"the bridge healthy:\n{bridge.log()}\n{w.log()}", timeout=20)
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "smoke.sh")], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.rstrip().endswith("OK")
+        assert "result from worker-pi1" in proc.stdout
+    finally:
+        bridge.stop()
+        w.stop()
+        cleaner = Peer(ep, "worker-pi1")
+        assert cleaner.connect() == SUCCESS
+        cleaner.publish("hailo/worker-pi1/status", b"", retain=True)
+        cleaner.publish("infer/s2/summary", b"", retain=True)
+        cleaner.close()
 
 
 def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
