@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from broker_util import Broker, start_broker
+from broker_util import Broker, free_port, start_broker
 from netfault import NetFaultUnavailable, NetNamespace
-from support import REPO, WorkerProcess
+from support import REPO, BridgeProcess, Collector, SimProcess, WorkerProcess, wait_until
 
-from reliability.accounting import Key, Ledger, Sensors
+from reliability.accounting import Key, Ledger, Sensors, cpu_reference
+from reliability.probes import SEED_BODY, metric
 from worker.mqtt_link import RECONNECT_MAX_S
 
 DEV_CONF = REPO / "mosquitto" / "dev.conf"
@@ -187,3 +190,360 @@ def test_silent_cut_of_a_lone_worker(
     assert report.extra_answers <= in_the_last_second
     assert [s for _, s in after_heal] and all(s == "online" for _, s in after_heal)
     assert len(statuses_after) <= 3, statuses_after
+
+
+# -- 2. a cut in the middle of answering -------------------------------------------------------
+
+SLOW_DEVICE_MS = 50  # the double's chip time per job of up to BATCH_SLOW: about 80 windows/s
+BATCH_SLOW = 4
+BURST_RATE = 150  # a backlog builds in the worker: it is answering when the link goes
+
+
+def test_cut_while_answering_loses_nothing(
+    netns: NetNamespace, broker: Broker, worker_in_ns: Starter, ledger: Ledger,
+    sensors: Callable[..., Sensors], hef: Path,
+) -> None:
+    ledger.reference, ledger.tolerance = cpu_reference, 1e-5
+    metrics_port = free_port()
+    worker_in_ns("w-mid", infer_mode="hailo", hef_path=hef,
+                 hailo_double_latency_ms=SLOW_DEVICE_MS, batch_max_size=BATCH_SLOW,
+                 metrics_port=metrics_port, metrics_host=netns.ns_ip)
+    metrics_url = f"http://{netns.ns_ip}:{metrics_port}/metrics"
+    pub = sensors([f"m{i}" for i in range(4)]).start(rate=BURST_RATE, duration=2.5)
+    time.sleep(2.0)
+    # Only the broker's port: the worker's /metrics stays reachable to watch it answer.
+    depth_before = scrape(metrics_url, "hailo_worker_queue_depth")
+    answered_before = scrape(metrics_url, "hailo_worker_results_published_total")
+    cut_at = time.monotonic()
+    netns.cut(ports=[broker.port])
+    pub.join(10)
+    time.sleep(1.0)
+    answered_into_the_cut = scrape(metrics_url, "hailo_worker_results_published_total")
+    seen_before_cut = sum(1 for a in ledger.snapshot().values() if a[0].t < cut_at)
+    time.sleep(max(0.0, cut_at + 2 * KEEPALIVE_S + SLACK_S - time.monotonic()))
+    healed_at = time.monotonic()
+    netns.heal()
+    ledger.wait_state("w-mid", "online", after=healed_at, timeout=40)
+    ledger.wait_complete(40)
+    time.sleep(1.0)
+    report = ledger.report()
+
+    def answered_before_and_after(key: Key) -> bool:
+        answers = ledger.answers[key]
+        return ledger.published_at[key] < cut_at and answers[-1].t > healed_at
+
+    print(f"\n{report.summary()}\nat the cut: queue depth {depth_before}, "
+          f"{answered_before:.0f} results published, {seen_before_cut} answers seen; 1 s into "
+          f"the cut {answered_into_the_cut:.0f} published (into the dead link); "
+          f"{report.extra_answers} answered twice")
+    assert depth_before and depth_before > 0, "the worker had no backlog at the cut"
+    assert answered_into_the_cut > answered_before, "the worker answered nothing into the cut"
+    # Every window the broker took (the sensors are outside: all of them) is answered.
+    report.assert_clean(allow_duplicate=answered_before_and_after)
+    assert report.outcomes == {"result": report.published}
+
+
+def scrape(url: str, name: str) -> float | None:
+    with httpx.Client(timeout=2) as http:
+        return metric(http.get(url).text, name)
+
+
+# -- 3. a lossy link -----------------------------------------------------------------------------
+
+LOSSY_RATE = 200
+PHASE_S = 6.0
+LOSSES = (0, 5, 20)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+
+def test_lossy_link_answers_every_window(
+    netns: NetNamespace, worker_in_ns: Starter, ledger: Ledger,
+    sensors: Callable[..., Sensors],
+) -> None:
+    w = worker_in_ns("w-lossy")
+    pub = sensors([f"l{i}" for i in range(4)])
+    phases: list[tuple[int, float, float]] = []
+    for loss in LOSSES:
+        if loss:
+            netns.lose(loss)
+        else:
+            netns.heal()
+        started = time.monotonic()
+        pub.start(rate=LOSSY_RATE, duration=PHASE_S)
+        pub.join(PHASE_S + 10)
+        phases.append((loss, started, time.monotonic()))
+        pub.wait_delivered(20)
+        # Let this phase's answers in before the next loss level, so each is timed under its own.
+        wait_until(lambda: ledger.unanswered() == 0, 60, f"every window answered at {loss}% loss")
+    netns.heal()
+    ledger.wait_complete(30)
+    report = ledger.report()
+    first = {k: a[0].t for k, a in ledger.snapshot().items()}
+    lines = []
+    for loss, start, end in phases:
+        keys = [k for k, t in ledger.published_at.items() if start <= t < end]
+        e2e = [(first[k] - ledger.published_at[k]) * 1000 for k in keys if k in first]
+        lines.append(f"{loss}% loss: {len(keys)} windows, end to end p50 {pct(e2e, 0.5):.1f} ms "
+                     f"p99 {pct(e2e, 0.99):.1f} ms max {pct(e2e, 1.0):.1f} ms")
+    reconnects = lines_matching(w.log_path, r"disconnected from the broker")
+    print(f"\n{report.summary()}\n" + "\n".join(lines)
+          + f"\nthe worker lost its connection {len(reconnects)} times")
+    # QoS 1 is at least once: if the loss ever cost the connection, windows in flight then
+    # may be answered twice. Nothing may be missing or wrong.
+    report.assert_clean(allow_duplicate=lambda key: bool(reconnects))
+    assert report.outcomes == {"result": report.published}
+    assert report.published >= len(LOSSES) * LOSSY_RATE * PHASE_S * 0.9
+
+
+# -- 4. a cut member of a shared group ---------------------------------------------------------
+
+GROUP_RATE = 100
+GROUP_CUT_S = BROKER_NOTICES_S[1] + SLACK_S + 2
+
+
+def _group_cut(
+    netns: NetNamespace, worker_in_ns: Starter, start_worker: Callable[..., WorkerProcess],
+    ledger: Ledger, sensors: Callable[..., Sensors], tag: str, **settings: Any,
+) -> tuple[float, float, float, float]:
+    """Two members, one in the namespace; cut it for GROUP_CUT_S while sensors publish.
+
+    Returns when it was cut, when the broker published its will, when the link came back and
+    when the cut member said `online` again.
+    """
+    start_worker(worker_id=f"w-{tag}-live", shared_group="g", **settings)
+    worker_in_ns(f"w-{tag}-cut", shared_group="g", **settings)
+    pub = sensors([f"{tag}{i}" for i in range(4)]).start(rate=GROUP_RATE)
+    time.sleep(2.0)
+    cut_at = time.monotonic()
+    netns.cut()
+    offline_at = ledger.wait_state(f"w-{tag}-cut", "offline", after=cut_at,
+                                   timeout=BROKER_NOTICES_S[1] + 10)
+    time.sleep(max(0.0, cut_at + GROUP_CUT_S - time.monotonic()))
+    healed_at = time.monotonic()
+    netns.heal()
+    online_at = ledger.wait_state(f"w-{tag}-cut", "online", after=healed_at, timeout=40)
+    time.sleep(2.0)
+    pub.stop()
+    return cut_at, offline_at, healed_at, online_at
+
+
+def test_cut_group_member_without_a_session_loses_its_share_until_the_broker_notices(
+    netns: NetNamespace, worker_in_ns: Starter, start_worker: Callable[..., WorkerProcess],
+    ledger: Ledger, sensors: Callable[..., Sensors],
+) -> None:
+    cut_at, offline_at, healed_at, online_at = _group_cut(
+        netns, worker_in_ns, start_worker, ledger, sensors, "g0")  # SESSION_EXPIRY_S 0
+    time.sleep(3.0)  # whatever can still be answered
+    report = ledger.report()
+    lost = [ledger.published_at[k] - cut_at for k in report.missing]
+    during = [k for k, t in ledger.published_at.items() if cut_at <= t < offline_at]
+    after = [k for k, t in ledger.published_at.items() if t > offline_at + 0.5]
+    first = {k: a[0] for k, a in ledger.snapshot().items()}
+    print(f"\n{report.summary()}\nwill after {offline_at - cut_at:.2f} s; lost "
+          f"{len(report.missing)} of the {len(during)} windows published between the cut and "
+          f"the will, sent {min(lost, default=0):.2f} to {max(lost, default=0):.2f} s after the "
+          f"cut; the cut member online again {online_at - healed_at:.2f} s after the link came "
+          f"back")
+    assert not report.wrong and not report.unmatched and not report.duplicates
+    # Mosquitto hands the cut member its share until it drops the connection; with no
+    # session, that share goes with it. Only windows of that interval may be missing.
+    assert all(-0.5 <= t <= offline_at - cut_at + 0.5 for t in lost), lost
+    assert report.missing, "expected Mosquitto 2.0.11 to lose the cut member's share"
+    # Once the broker has noticed, the live member takes everything at once.
+    assert all(k in first for k in after)
+    assert all(first[k].t - ledger.published_at[k] < 1.0 for k in after
+               if ledger.published_at[k] < healed_at)
+
+
+def test_cut_group_member_with_a_session_loses_nothing_when_it_comes_back(
+    netns: NetNamespace, worker_in_ns: Starter, start_worker: Callable[..., WorkerProcess],
+    ledger: Ledger, sensors: Callable[..., Sensors],
+) -> None:
+    cut_at, offline_at, healed_at, online_at = _group_cut(
+        netns, worker_in_ns, start_worker, ledger, sensors, "g1", session_expiry_s=60)
+    ledger.wait_complete(40)
+    report = ledger.report()
+    first = {k: a[0] for k, a in ledger.snapshot().items()}
+    waited = [k for k, t in ledger.published_at.items() if cut_at <= t < healed_at
+              and first[k].doc["worker_id"] == "w-g1-cut"]
+    after_will = [k for k in waited if ledger.published_at[k] > offline_at + 0.5]
+
+    def answered_before_and_after(key: Key) -> bool:
+        answers = ledger.answers[key]
+        return ledger.published_at[key] < cut_at and answers[-1].t > healed_at
+
+    print(f"\n{report.summary()}\nwill after {offline_at - cut_at:.2f} s; {len(waited)} windows "
+          f"published during the cut waited for the cut member ({len(after_will)} of them "
+          f"after its will), answered once it was back "
+          f"({online_at - healed_at:.2f} s after the link)")
+    report.assert_clean(allow_duplicate=answered_before_and_after)
+    assert report.outcomes == {"result": report.published}
+    assert waited, "the cut member's share did not wait for it"
+
+
+# -- 5. a cut bridge -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    t: float
+    route: str
+    code: int
+    seconds: float
+
+
+class BridgeProbe:
+    """GET /healthz and POST /infer in turn, every `interval_s`, timing each answer."""
+
+    def __init__(self, url: str, interval_s: float = 0.2) -> None:
+        self.url, self.interval_s = url, interval_s
+        self.calls: list[Call] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(self.interval_s):
+                for route in ("/healthz", "/infer"):
+                    t = time.monotonic()
+                    try:
+                        if route == "/infer":
+                            code = http.post(self.url + route, json=SEED_BODY).status_code
+                        else:
+                            code = http.get(self.url + route).status_code
+                    except httpx.HTTPError:
+                        code = 0
+                    self.calls.append(Call(t, route, code, time.monotonic() - t))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def between(self, route: str, start: float, end: float = float("inf")) -> list[Call]:
+        return [c for c in self.calls if c.route == route and start <= c.t < end]
+
+    def first(self, route: str, code: int, after: float) -> Call | None:
+        return next((c for c in self.between(route, after) if c.code == code), None)
+
+
+BRIDGE_TIMEOUT_MS = 2000
+
+
+def test_cut_bridge_answers_503_at_once_and_recovers(
+    netns: NetNamespace, broker: Broker, start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    # STATUS_INTERVAL_S 10 (the default) on both: a worker's status goes stale only after
+    # 30 s, so what the bridge sees in the first seconds is its own link, not staleness.
+    start_worker(worker_id="w-bridged", status_interval_s=10)
+    bridge = BridgeProcess(
+        broker.port, tmp_path, http_host=netns.ns_ip, prefix=netns.command([]),
+        mqtt_host=netns.host_ip, mqtt_keepalive_s=KEEPALIVE_S, status_interval_s=10,
+        bridge_timeout_ms=BRIDGE_TIMEOUT_MS, log_format="json").start()
+    assert bridge.proc is not None
+    netns.adopt(bridge.proc)
+    probe = BridgeProbe(bridge.url)
+    wait_until(lambda: probe.first("/infer", 200, 0) is not None, 20, "a first /infer 200")
+    cut_at = time.monotonic()
+    netns.cut(ports=[broker.port])  # the bridge's HTTP port stays reachable
+    time.sleep(2 * KEEPALIVE_S + 2 * SLACK_S)
+    healed_at = time.monotonic()
+    netns.heal()
+    wait_until(lambda: probe.first("/infer", 200, healed_at) is not None, 40,
+               "/infer to answer 200 again")
+    wait_until(lambda: probe.first("/healthz", 200, healed_at) is not None, 10,
+               "/healthz to answer 200 again")
+    time.sleep(1.0)
+    probe.stop()
+    bridge.kill()
+
+    noticed = lines_matching(bridge.log_path, r"disconnected from the broker", after=cut_at)
+    assert noticed, f"the bridge never logged the lost link:\n{bridge.log()[-3000:]}"
+    noticed_at = noticed[0].t
+    blind = probe.between("/infer", cut_at, noticed_at)
+    aware = probe.between("/infer", noticed_at + 0.3, healed_at)
+    health_aware = probe.between("/healthz", noticed_at + 0.3, healed_at)
+    first_503 = probe.first("/healthz", 503, cut_at)
+    infer_ok = probe.first("/infer", 200, healed_at)
+    health_ok = probe.first("/healthz", 200, healed_at)
+    assert first_503 and infer_ok and health_ok
+    print(f"\nthe bridge noticed the cut after {noticed_at - cut_at:.2f} s; before that "
+          f"/infer answered {sorted({c.code for c in blind})} taking up to "
+          f"{max((c.seconds for c in blind), default=0):.2f} s; /healthz 503 "
+          f"{first_503.t - cut_at:.2f} s after the cut; once it knew, /infer {len(aware)}x "
+          f"{sorted({c.code for c in aware})} in at most "
+          f"{max((c.seconds for c in aware), default=0) * 1000:.0f} ms; after the link came "
+          f"back /infer 200 in {infer_ok.t - healed_at:.2f} s, /healthz 200 in "
+          f"{health_ok.t - healed_at:.2f} s")
+    assert CLIENT_NOTICES_S[0] < noticed_at - cut_at < CLIENT_NOTICES_S[1] + SLACK_S
+    # Once the bridge knows it has no broker: 503 at once, never after BRIDGE_TIMEOUT_MS.
+    assert aware and {c.code for c in aware} == {503}
+    assert max(c.seconds for c in aware) < 0.5
+    assert health_aware and {c.code for c in health_aware} == {503}
+    # Before it knows, a request waits for its timeout: the delay issue 15 asks to remove
+    # (the bridge's fix is another engineer's; the figure is in the report).
+    assert {c.code for c in blind} <= {200, 504}
+    assert infer_ok.t - healed_at < RECONNECT_MAX_S + CONNECT_TIMEOUT_S + SLACK_S
+
+
+# -- 6. a cut sensor -----------------------------------------------------------------------------
+
+SIM_SENSORS = 2
+SIM_RATE = 10  # windows/s per sensor
+SIM_COUNT = 200  # per sensor: 20 s of windows
+
+
+def test_cut_sensor_sends_what_it_could_not_after_the_link_returns(
+    netns: NetNamespace, broker: Broker, start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    start_worker(worker_id="w-for-sim")
+    answers = Collector(broker.port, topics=("infer/+/result", "infer/+/error"))
+    windows = Collector(broker.port, topics=("imu/+/window",))
+    sim = SimProcess(
+        broker.port, ["--sensors", str(SIM_SENSORS), "--rate", str(SIM_RATE),
+                      "--count", str(SIM_COUNT), "--qos", "1", "--prefix", "nfsim",
+                      "--seed", "1"],
+        tmp_path, prefix=netns.command([]), mqtt_host=netns.host_ip,
+        mqtt_keepalive_s=KEEPALIVE_S).start()
+    assert sim.proc is not None
+    netns.adopt(sim.proc)
+    wait_until(lambda: len(windows.on("imu/")) >= 30, 20, "the simulator's first windows")
+    netns.cut()
+    sent_before = len(windows.on("imu/"))
+    time.sleep(2 * KEEPALIVE_S + SLACK_S)
+    netns.heal()
+    assert sim.wait(60) == 0, sim.log()
+    time.sleep(1.0)
+
+    def keys(messages: list[Any]) -> set[tuple[str, int]]:
+        out = set()
+        for m in messages:
+            doc = m.doc()
+            out.add((str(m.topic.split("/")[1]), int(doc["seq"])))
+        return out
+
+    wanted = {(f"nfsim-{i}", seq) for i in range(SIM_SENSORS) for seq in range(SIM_COUNT)}
+    delivered = keys(windows.on("imu/"))
+    answered = keys([m for m in answers.answers() if m.topic.split("/")[1].startswith("nfsim")])
+    arrivals = [m for m in windows.on("imu/")]
+    log = sim.log()
+    progress = [line for line in log.splitlines() if line.startswith("[")]
+    said = [line for line in progress if "disconnect" in line.lower()]
+    print(f"\n{sent_before} windows reached the broker before the cut, {len(delivered)} of "
+          f"{len(wanted)} in all ({len(arrivals) - len(delivered)} twice), {len(answered)} "
+          f"answered; the simulator's last line: {progress[-1] if progress else '-'}; its "
+          f"progress lines that mention the cut: {said}")
+    answers.close()
+    windows.close()
+    assert delivered == wanted, sorted(wanted - delivered)[:10]
+    assert answered == wanted, sorted(wanted - answered)[:10]
+    assert "disconnected from the broker" in log  # its link's warning, at least
+    if not said:
+        pytest.xfail("hailo-sim's progress line does not say it was disconnected: "
+                     "worker/sim.py (the lead's file) needs it, see tests/reliability/README.md")
