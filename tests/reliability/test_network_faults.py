@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,25 +201,32 @@ BURST_RATE = 150  # a backlog builds in the worker: it is answering when the lin
 
 
 def test_cut_while_answering_loses_nothing(
-    netns: NetNamespace, broker: Broker, worker_in_ns: Starter, ledger: Ledger,
+    netns: NetNamespace, worker_in_ns: Starter, ledger: Ledger,
     sensors: Callable[..., Sensors], hef: Path,
 ) -> None:
     ledger.reference, ledger.tolerance = cpu_reference, 1e-5
     metrics_port = free_port()
+    # /metrics on the namespace's loopback (METRICS_HOST is not wired to the server yet, see
+    # the README), which a cut of the veth leaves alone: read from inside with curl.
     worker_in_ns("w-mid", infer_mode="hailo", hef_path=hef,
                  hailo_double_latency_ms=SLOW_DEVICE_MS, batch_max_size=BATCH_SLOW,
-                 metrics_port=metrics_port, metrics_host=netns.ns_ip)
-    metrics_url = f"http://{netns.ns_ip}:{metrics_port}/metrics"
+                 metrics_port=metrics_port)
+
+    def scrape(name: str) -> float | None:
+        out = subprocess.run(
+            netns.command(["curl", "-sf", f"http://127.0.0.1:{metrics_port}/metrics"]),
+            capture_output=True, text=True, timeout=10, check=True).stdout
+        return metric(out, name)
+
     pub = sensors([f"m{i}" for i in range(4)]).start(rate=BURST_RATE, duration=2.5)
     time.sleep(2.0)
-    # Only the broker's port: the worker's /metrics stays reachable to watch it answer.
-    depth_before = scrape(metrics_url, "hailo_worker_queue_depth")
-    answered_before = scrape(metrics_url, "hailo_worker_results_published_total")
+    depth_before = scrape("hailo_worker_queue_depth")
+    answered_before = scrape("hailo_worker_results_published_total")
     cut_at = time.monotonic()
-    netns.cut(ports=[broker.port])
+    netns.cut()
     pub.join(10)
     time.sleep(1.0)
-    answered_into_the_cut = scrape(metrics_url, "hailo_worker_results_published_total")
+    answered_into_the_cut = scrape("hailo_worker_results_published_total")
     seen_before_cut = sum(1 for a in ledger.snapshot().values() if a[0].t < cut_at)
     time.sleep(max(0.0, cut_at + 2 * KEEPALIVE_S + SLACK_S - time.monotonic()))
     healed_at = time.monotonic()
@@ -237,15 +245,11 @@ def test_cut_while_answering_loses_nothing(
           f"the cut {answered_into_the_cut:.0f} published (into the dead link); "
           f"{report.extra_answers} answered twice")
     assert depth_before and depth_before > 0, "the worker had no backlog at the cut"
+    assert answered_before is not None and answered_into_the_cut is not None
     assert answered_into_the_cut > answered_before, "the worker answered nothing into the cut"
     # Every window the broker took (the sensors are outside: all of them) is answered.
     report.assert_clean(allow_duplicate=answered_before_and_after)
     assert report.outcomes == {"result": report.published}
-
-
-def scrape(url: str, name: str) -> float | None:
-    with httpx.Client(timeout=2) as http:
-        return metric(http.get(url).text, name)
 
 
 # -- 3. a lossy link -----------------------------------------------------------------------------
