@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -172,6 +173,14 @@ class NetNamespace:
 
     def heal(self) -> None:
         self._set(None, None, "healed")
+
+    def traffic(self) -> tuple[int, int]:
+        """(bytes, packets) that crossed the veth so far, both ways, Ethernet headers included
+        (14 bytes a frame: subtract them for what an IP link such as LTE would count)."""
+        out = _run([IP, "-s", "-j", "link", "show", "dev", self.host_if], "reading counters")
+        stats = json.loads(out)[0]["stats64"]
+        return (stats["rx"]["bytes"] + stats["tx"]["bytes"],
+                stats["rx"]["packets"] + stats["tx"]["packets"])
 
     def dropped_rules(self) -> str:
         """The table as nft lists it now (for a failure message)."""
