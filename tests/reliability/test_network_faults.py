@@ -141,8 +141,8 @@ def test_silent_cut_of_a_lone_worker(
     w = worker_in_ns("w-cut", status_interval_s=LONE_STATUS_S)
     pub = sensors([f"n{i}" for i in range(4)]).start(rate=LONE_RATE)
     time.sleep(3.0)
-    cut_at = time.monotonic()
     netns.cut()
+    cut_at = time.monotonic()  # the rules are in place from here
     offline_at = ledger.wait_state("w-cut", "offline", after=cut_at,
                                    timeout=BROKER_NOTICES_S[1] + 10)
     time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
@@ -233,8 +233,8 @@ def test_cut_while_answering_loses_nothing(
     time.sleep(2.0)
     depth_before = scrape("hailo_worker_queue_depth")
     answered_before = scrape("hailo_worker_results_published_total")
-    cut_at = time.monotonic()
     netns.cut()
+    cut_at = time.monotonic()  # the rules are in place from here
     pub.join(10)
     time.sleep(1.0)
     answered_into_the_cut = scrape("hailo_worker_results_published_total")
@@ -333,8 +333,8 @@ def _group_cut(
     worker_in_ns(f"w-{tag}-cut", shared_group="g", **settings)
     pub = sensors([f"{tag}{i}" for i in range(4)]).start(rate=GROUP_RATE)
     time.sleep(2.0)
-    cut_at = time.monotonic()
     netns.cut()
+    cut_at = time.monotonic()  # the rules are in place from here
     offline_at = ledger.wait_state(f"w-{tag}-cut", "offline", after=cut_at,
                                    timeout=BROKER_NOTICES_S[1] + 10)
     time.sleep(max(0.0, cut_at + GROUP_CUT_S - time.monotonic()))
