@@ -23,17 +23,19 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
-SUBNET = ipaddress.ip_network("10.231.0.0/16")  # unlikely to be anyone's real network
+SUBNET = ipaddress.IPv4Network("10.231.0.0/16")  # unlikely to be anyone's real network
 TABLE = "netfault"
+PREFIX = "hailo-nf-"  # then the pid of the test run and a random tag
 
 
 class NetFaultUnavailable(RuntimeError):
@@ -66,7 +68,7 @@ def _free_pair() -> tuple[ipaddress.IPv4Network, str, str]:
     """A /30 of SUBNET that no interface of this host uses (another run may hold one)."""
     used = _addresses_in_use()
     for _ in range(100):
-        net = ipaddress.ip_network(
+        net = ipaddress.IPv4Network(
             f"{SUBNET.network_address + 4 * secrets.randbelow(SUBNET.num_addresses // 4)}/30")
         hosts = list(net.hosts())
         if not used.intersection(hosts):
@@ -97,9 +99,10 @@ class NetNamespace:
                 raise NetFaultUnavailable(
                     f"{tool} is missing: scripts/install_system_deps.sh installs iproute2 and "
                     "nftables")
+        sweep_stale()
         tag = secrets.token_hex(4)  # interface names are at most 15 characters
         net, host_ip, ns_ip = _free_pair()
-        ns = cls(f"hailo-nf-{tag}", f"nfh{tag}", f"nfn{tag}", host_ip, ns_ip)
+        ns = cls(f"{PREFIX}{os.getpid()}-{tag}", f"nfh{tag}", f"nfn{tag}", host_ip, ns_ip)
         try:
             ns._build(net.prefixlen)
         except BaseException:
@@ -182,11 +185,6 @@ class NetNamespace:
         return (stats["rx"]["bytes"] + stats["tx"]["bytes"],
                 stats["rx"]["packets"] + stats["tx"]["packets"])
 
-    def dropped_rules(self) -> str:
-        """The table as nft lists it now (for a failure message)."""
-        return _run([IP, "netns", "exec", self.name, NFT, "list", "table", "inet", TABLE],
-                    "listing the rules")
-
     # -- clean-up ----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -208,10 +206,30 @@ class NetNamespace:
         return self.name in names or f" {self.host_if}@" in links
 
 
-@contextlib.contextmanager
-def namespace() -> Iterator[NetNamespace]:
-    ns = NetNamespace.create()
+def sweep_stale() -> list[str]:
+    """Delete namespaces of ours whose test run died without cleaning up (kill -9 of pytest).
+
+    A namespace's name carries the pid of the run that made it; one whose pid is gone is
+    stale (a run alive elsewhere on this machine keeps its own). Deleting a namespace deletes
+    its end of the veth pair, and with it the host end.
+    """
+    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True, timeout=20,
+                            check=False).stdout.split()
+    stale = []
+    for name in listed:
+        match = re.fullmatch(rf"{PREFIX}(\d+)-[0-9a-f]+", name)
+        if match and not _alive(int(match.group(1))):
+            subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=20,
+                           check=False)
+            stale.append(name)
+    return stale
+
+
+def _alive(pid: int) -> bool:
     try:
-        yield ns
-    finally:
-        ns.close()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -101,7 +101,7 @@ def worker_in_ns(netns: NetNamespace, broker: Broker, ledger: Ledger, tmp_path: 
     """Start `python -m worker` inside the namespace, connected across the veth."""
     started: list[WorkerProcess] = []
 
-    def start(worker_id: str, wait_online: bool = True, **settings: Any) -> WorkerProcess:
+    def start(worker_id: str, **settings: Any) -> WorkerProcess:
         settings = {"mqtt_host": netns.host_ip, "mqtt_keepalive_s": KEEPALIVE_S,
                     "log_format": "json", **settings}
         w = WorkerProcess(broker.port, worker_id, tmp_path, prefix=netns.command([]),
@@ -109,21 +109,15 @@ def worker_in_ns(netns: NetNamespace, broker: Broker, ledger: Ledger, tmp_path: 
         assert w.proc is not None
         netns.adopt(w.proc)
         started.append(w)
-        if wait_online:
-            try:
-                ledger.wait_state(worker_id, "online", after=time.monotonic() - 1, timeout=20)
-            except AssertionError:
-                raise AssertionError(f"{worker_id} never came online:\n{w.log()}") from None
+        try:
+            ledger.wait_state(worker_id, "online", after=time.monotonic() - 1, timeout=20)
+        except AssertionError:
+            raise AssertionError(f"{worker_id} never came online:\n{w.log()}") from None
         return w
 
     yield start
     for w in started:
         w.kill()
-
-
-def states_between(ledger: Ledger, worker_id: str, start: float, end: float
-                   ) -> list[tuple[float, str]]:
-    return [(t, s) for t, s in ledger.states(worker_id) if start <= t <= end]
 
 
 # -- 1. a silent cut of a lone worker ----------------------------------------------------------
