@@ -34,6 +34,7 @@ from reliability.accounting import Key, Ledger, Sensors, cpu_reference
 from reliability.probes import SEED_BODY, metric
 from worker.mqtt_link import RECONNECT_MAX_S
 
+pytestmark = pytest.mark.netfault
 DEV_CONF = REPO / "mosquitto" / "dev.conf"
 KEEPALIVE_S = int(os.environ.get("NETFAULT_KEEPALIVE_S", "4"))
 # Mosquitto 2.0 closes a client that sent nothing for more than 1.5 x its keepalive (whole
