@@ -490,14 +490,17 @@ def test_cut_bridge_answers_503_at_once_and_recovers(
           f"{max((c.seconds for c in aware), default=0) * 1000:.0f} ms; after the link came "
           f"back /infer 200 in {infer_ok.t - healed_at:.2f} s, /healthz 200 in "
           f"{health_ok.t - healed_at:.2f} s")
-    assert CLIENT_NOTICES_S[0] < noticed_at - cut_at < CLIENT_NOTICES_S[1] + SLACK_S
+    # Today paho's keepalive tells it (K to 2 x K); a bridge that checks sooner may be faster.
+    assert noticed_at - cut_at < CLIENT_NOTICES_S[1] + SLACK_S
     # Once the bridge knows it has no broker: 503 at once, never after BRIDGE_TIMEOUT_MS.
     assert aware and {c.code for c in aware} == {503}
     assert max(c.seconds for c in aware) < 0.5
     assert health_aware and {c.code for c in health_aware} == {503}
-    # Before it knows, a request waits for its timeout: the delay issue 15 asks to remove
-    # (the bridge's fix is another engineer's; the figure is in the report).
-    assert {c.code for c in blind} <= {200, 504}
+    # Before it knows, a request waits for its timeout (504): the delay issue 15 asks to
+    # remove, in the bridge's code (another engineer's; what is needed is in the README). Any
+    # other answer than these three, or a request that outlives its timeout, is a fault.
+    assert {c.code for c in blind} <= {200, 503, 504}
+    assert max((c.seconds for c in blind), default=0) < BRIDGE_TIMEOUT_MS / 1000 + 1.0
     assert infer_ok.t - healed_at < RECONNECT_MAX_S + CONNECT_TIMEOUT_S + SLACK_S
 
 
