@@ -538,13 +538,27 @@ SIM_RATE = 10  # windows/s per sensor
 SIM_COUNT = 200  # per sensor: 20 s of windows
 
 
+@pytest.fixture
+def watch(broker: Broker) -> Iterator[Callable[..., Collector]]:
+    """`watch(topics)`: a Collector on loopback, closed after the test."""
+    made: list[Collector] = []
+
+    def make(*topics: str) -> Collector:
+        made.append(Collector(broker.port, topics=topics))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
 def test_cut_sensor_sends_what_it_could_not_after_the_link_returns(
     netns: NetNamespace, broker: Broker, start_worker: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    watch: Callable[..., Collector], tmp_path: Path,
 ) -> None:
     start_worker(worker_id="w-for-sim")
-    answers = Collector(broker.port, topics=("infer/+/result", "infer/+/error"))
-    windows = Collector(broker.port, topics=("imu/+/window",))
+    answers = watch("infer/+/result", "infer/+/error")
+    windows = watch("imu/+/window")  # what reached the broker, as it did
     sim = SimProcess(
         broker.port, ["--sensors", str(SIM_SENSORS), "--rate", str(SIM_RATE),
                       "--count", str(SIM_COUNT), "--qos", "1", "--prefix", "nfsim",
@@ -571,7 +585,7 @@ def test_cut_sensor_sends_what_it_could_not_after_the_link_returns(
     wanted = {(f"nfsim-{i}", seq) for i in range(SIM_SENSORS) for seq in range(SIM_COUNT)}
     delivered = keys(windows.on("imu/"))
     answered = keys([m for m in answers.answers() if m.topic.split("/")[1].startswith("nfsim")])
-    arrivals = [m for m in windows.on("imu/")]
+    arrivals = windows.on("imu/")
     log = sim.log()
     progress = [line for line in log.splitlines() if line.startswith("[")]
     said = [line for line in progress if "disconnect" in line.lower()]
@@ -579,8 +593,6 @@ def test_cut_sensor_sends_what_it_could_not_after_the_link_returns(
           f"{len(wanted)} in all ({len(arrivals) - len(delivered)} twice), {len(answered)} "
           f"answered; the simulator's last line: {progress[-1] if progress else '-'}; its "
           f"progress lines that mention the cut: {said}")
-    answers.close()
-    windows.close()
     assert delivered == wanted, sorted(wanted - delivered)[:10]
     assert answered == wanted, sorted(wanted - answered)[:10]
     assert "disconnected from the broker" in log  # its link's warning, at least
