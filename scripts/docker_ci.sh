@@ -163,8 +163,9 @@ secrets=$WORK/secrets
 mkdir -p "$conf" "$secrets"
 cp -r mosquitto/mosquitto.conf mosquitto/start.sh mosquitto/roles mosquitto/conf.d "$conf/"
 # Loopback and free ports instead of 1883 and 9001 on every interface; nothing else changes.
+# The WebSocket listener takes an interface name (Mosquitto 2.0.11 ignores an address there).
 sed -i -e "s/^listener 1883\$/listener $MQTT_PORT 127.0.0.1/" \
-    -e "s/^listener 9001\$/listener $WS_PORT 127.0.0.1/" "$conf/mosquitto.conf"
+    -e "s/^listener 9001\$/listener $WS_PORT lo/" "$conf/mosquitto.conf"
 grep -q "^listener $MQTT_PORT 127.0.0.1" "$conf/mosquitto.conf" || die "no 'listener 1883' line to rewrite"
 pw() { head -c 18 /dev/urandom | base64 | tr -d '/+='; }
 for user in worker:worker bridge:bridge smoke:sensor; do
@@ -193,11 +194,13 @@ runtime=(--network host --read-only --tmpfs /tmp --user app --cap-drop ALL
     -e MQTT_HOST=127.0.0.1 -e "MQTT_PORT=$MQTT_PORT" -e INFER_MODE=stub -e NUM_MOTIFS=12
     -e STATUS_INTERVAL_S=2 -e HEF_PATH=/models/tcn_encoder-v0.1.0.hef)
 CONTAINERS+=("$RUN_ID-worker" "$RUN_ID-bridge")
-"$DOCKER" run -d --name "$RUN_ID-worker" "${runtime[@]}" -e WORKER_ID=ci-worker \
+# The broker binds client ids to users: WORKER_ID is the worker's user name, and the bridge's
+# client id (its reply/<client id>/ topic) is its user name.
+"$DOCKER" run -d --name "$RUN_ID-worker" "${runtime[@]}" -e WORKER_ID=worker \
     -e MQTT_USERNAME=worker -e MQTT_PASSWORD_FILE=/run/secrets/mqtt_worker_password \
     -e "METRICS_PORT=$METRICS_PORT" "$IMAGE" hailo-worker >/dev/null
 "$DOCKER" run -d --name "$RUN_ID-bridge" "${runtime[@]}" -e BRIDGE_HOST=127.0.0.1 \
-    -e "BRIDGE_PORT=$BRIDGE_PORT" -e MQTT_USERNAME=bridge \
+    -e "BRIDGE_PORT=$BRIDGE_PORT" -e MQTT_USERNAME=bridge -e BRIDGE_CLIENT_ID=bridge \
     -e MQTT_PASSWORD_FILE=/run/secrets/mqtt_bridge_password \
     -e BRIDGE_TOKEN_FILE=/run/secrets/bridge_token "$IMAGE" hailo-bridge >/dev/null
 wait_healthy "$RUN_ID-worker" 60 || die "the worker container never became healthy"

@@ -107,6 +107,7 @@ def status_doc() -> dict[str, Any]:
         "windows_total": 35980,
         "errors_total": 12,
         "queue_depth": 0,
+        "backpressure": False,
     }
 
 

@@ -1,9 +1,13 @@
 """Run a real Mosquitto for tests: a given config text, every listener on a free loopback port.
 
 Mosquitto 2.0 binds all interfaces for a ``listener`` line without an address and ignores
-``-p``, so each ``listener PORT [ADDRESS]`` line is rewritten to ``listener <free> 127.0.0.1``
-(and, for the network-fault tests, the same free port on the host end of a veth pair too:
-Mosquitto binds one socket per ``listener PORT ADDRESS`` line).
+``-p``, so each ``listener PORT [ADDRESS]`` line is rewritten to ``listener <free> 127.0.0.1``.
+A WebSocket listener (``protocol websockets`` in its block) is the exception: Mosquitto 2.0.11
+hands the address to libwebsockets as an *interface name*, so ``127.0.0.1`` listens on every
+interface (``*:port`` in ``ss -ltn``) while the interface name ``lo`` listens on loopback only
+(``[::ffff:127.0.0.1]:port``); such listeners are rewritten to ``listener <free> lo``.
+For the network-fault tests the other listeners can bind the host end of a veth pair too, on
+the same free port: Mosquitto binds one socket per ``listener PORT ADDRESS`` line.
 Started as root the broker drops to the ``mosquitto`` user, which cannot read pytest's private
 tmp dirs, so ``user`` lines are replaced by ``user root`` (a no-op when not run as root).
 """
@@ -19,10 +23,12 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 _LISTENER = re.compile(r"^listener\s+(\d+)(?:\s+\S+)?\s*$", re.MULTILINE)
+_WEBSOCKETS = re.compile(r"^protocol\s+websockets\s*$", re.MULTILINE)
 _USER = re.compile(r"^user\s+\S+\s*$", re.MULTILINE)
 
 
@@ -39,19 +45,27 @@ def rewrite_config(
     """Return the text for loopback use and the map {port in the text: port now used}.
 
     ``ports`` collects the listeners of several files (a main config and its includes).
-    ``also_on``: more addresses each listener binds as well, on the same port. Options after
-    a listener line apply to the last of its copies (they are global without
+    ``also_on``: more addresses each (non-WebSocket) listener binds as well, on the same port.
+    Options after a listener line apply to the last of its copies (they are global without
     ``per_listener_settings``, as in mosquitto/dev.conf).
     """
     ports = {} if ports is None else ports
     for old, new in (substitutions or {}).items():
         text = text.replace(old, new)
 
+    starts = [m.start() for m in _LISTENER.finditer(text)] + [len(text)]
+    websockets = {
+        start for start, end in pairwise(starts)
+        if _WEBSOCKETS.search(text, start, end)
+    }
+
     def loopback(match: re.Match[str]) -> str:
         port = free_port()
         while port in ports.values():  # the OS may hand out the same free port twice
             port = free_port()
         ports[int(match.group(1))] = port
+        if match.start() in websockets:
+            return f"listener {port} lo"
         return "\n".join(f"listener {port} {address}" for address in ("127.0.0.1", *also_on))
 
     return _USER.sub("", _LISTENER.sub(loopback, text)), ports
@@ -118,6 +132,26 @@ class Broker:
         """SIGHUP: Mosquitto rereads the password and ACL files (and most of its config)."""
         assert self._proc is not None and self._proc.poll() is None, "broker is not running"
         self._proc.send_signal(signal.SIGHUP)
+
+    @property
+    def pid(self) -> int:
+        """The broker's process id (start.sh execs mosquitto, so it is Mosquitto's)."""
+        assert self._proc is not None, "broker never started"
+        return self._proc.pid
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the broker now, from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for pid {self.pid}")
+
+    def listening(self) -> set[str]:
+        """Local addresses (``ss -ltnp`` form, e.g. ``127.0.0.1:1883``) the broker listens on."""
+        out = subprocess.run(
+            ["ss", "-Hltnp"], check=True, capture_output=True, text=True
+        ).stdout
+        return {line.split()[3] for line in out.splitlines() if f"pid={self.pid}," in line}
 
     @property
     def running(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-KINDS = ("window", "result", "error", "status")
+KINDS = ("window", "result", "error", "status", "summary")
 
 
 def schema_path(kind: str) -> Path:

@@ -3,7 +3,8 @@
 Mosquitto runs with exactly the repo's files: mosquitto.conf and conf.d/tls.conf.in, started by
 start.sh; passwd, roles and acl made by add-user.sh. Only ports (free loopback ones) and paths
 (tmp dirs) are rewritten. Each rule is checked with paho-mqtt v5 clients over real sockets, over
-plain TCP and over TLS (a throwaway CA from gen-test-certs.sh).
+plain TCP and over TLS (a throwaway CA from gen-test-certs.sh), and over WebSocket where the
+rule is about listeners. The deployment and the client are in mosquitto_prod.py.
 
 A denied publish is dropped silently for QoS 0; for QoS 1, Mosquitto 2.0.11 answers a v5 client
 with PUBACK reason 0x87 (Not authorized). A SUBSCRIBE is always granted; read access is checked
@@ -14,106 +15,47 @@ Mosquitto handles packets in order, so a leaked message would be there before it
 
 from __future__ import annotations
 
+import json
 import os
 import pty
-import queue
 import secrets
 import select
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from broker_util import Broker, start_broker
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from broker_util import Broker
+from mosquitto_prod import (
+    ADD_USER,
+    MOSQ,
+    MQTT_PORT,
+    NO_SUBSCRIBERS,
+    NOT_AUTHORIZED,
+    PASSWORDS,
+    START,
+    SUCCESS,
+    TLS_PORT,
+    WS_PORT,
+    Deployment,
+    Endpoint,
+    Peer,
+    add_user,
+    make_deployment,
+    marker,
+    run_broker,
+    wait_for,
+)
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from support import WorkerProcess
 
 from worker.wire import decode, encode_window
-
-MOSQ = Path(__file__).resolve().parent.parent / "mosquitto"
-ADD_USER = MOSQ / "add-user.sh"
-START = MOSQ / "start.sh"
-GEN_CERTS = MOSQ / "gen-test-certs.sh"
-SUCCESS, NO_SUBSCRIBERS, NOT_AUTHORIZED = 0x00, 0x10, 0x87
-MQTT_PORT, WS_PORT, TLS_PORT = 1883, 9001, 8883
-
-# Users the deployment gets through add-user.sh; s3 is only in the password file.
-ROLES = {
-    "worker": "worker",
-    "worker-pi1": "worker",
-    "bridge": "bridge",
-    "dashboard": "dashboard",
-    "s1": "sensor",
-    "s2": "sensor",
-}
-PASSWORDS = {name: secrets.token_urlsafe(12) for name in [*ROLES, "s3"]}
-
-
-# --- deployment and broker -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Deployment:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config"
-
-    @property
-    def certs(self) -> Path:
-        return self.root / "certs"
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "MOSQUITTO_PASSWD_FILE": str(self.config / "passwd")}
-
-
-def add_user(env: dict[str, str], name: str, role: str, password: str) -> None:
-    subprocess.run(
-        [str(ADD_USER), name, role], input=f"{password}\n", env=env, check=True,
-        capture_output=True, text=True,
-    )
-
-
-def make_deployment(root: Path) -> Deployment:
-    dep = Deployment(root)
-    dep.config.mkdir(parents=True)
-    for name, role in ROLES.items():
-        add_user(dep.env(), name, role, PASSWORDS[name])
-    subprocess.run(
-        ["mosquitto_passwd", str(dep.config / "passwd"), "s3"],
-        input=f"{PASSWORDS['s3']}\n{PASSWORDS['s3']}\n", check=True, capture_output=True,
-        text=True,
-    )
-    subprocess.run([str(GEN_CERTS), str(dep.certs)], check=True, capture_output=True)
-    return dep
-
-
-def run_broker(dep: Deployment, workdir: Path) -> Broker:
-    """The production config through start.sh, paths moved under ``dep.root``/``workdir``."""
-    (workdir / "data").mkdir(parents=True, exist_ok=True)
-    return start_broker(
-        (MOSQ / "mosquitto.conf").read_text(),
-        workdir / "config",
-        substitutions={
-            "/mosquitto/config/passwd": str(dep.config / "passwd"),
-            "/mosquitto/config/acl": str(dep.config / "acl"),
-            "/mosquitto/data/": f"{workdir}/data/",
-            "/mosquitto/run/": f"{workdir}/run/",
-        },
-        conf_d={"tls.conf.in": (MOSQ / "conf.d" / "tls.conf.in").read_text()},
-        command=["sh", str(START)],
-        env={"MOSQUITTO_CERT_DIR": str(dep.certs)},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -128,113 +70,6 @@ def prod_broker(
     b = run_broker(deployment, tmp_path_factory.mktemp("broker"))
     yield b
     b.stop()
-
-
-# --- clients ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    kind: str  # "tcp", "tls" or "ws"
-    port: int
-    ca: Path | None = None
-
-    def on(self, broker: Broker) -> Endpoint:
-        configured = {"tcp": MQTT_PORT, "tls": TLS_PORT, "ws": WS_PORT}[self.kind]
-        return replace(self, port=broker.port_for(configured))
-
-
-class Peer:
-    """A paho v5 client that records CONNACK, SUBACK and PUBACK reason codes and messages."""
-
-    def __init__(
-        self, ep: Endpoint, user: str | None, *, password: str | None = None,
-        client_id: str | None = None, session_expiry: int = 0, clean_start: bool = True,
-        protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
-    ) -> None:
-        self.ep, self.clean_start, self.session_expiry = ep, clean_start, session_expiry
-        self.client_id = client_id or f"t-{uuid.uuid4().hex[:10]}"
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=protocol,
-            transport="websockets" if ep.kind == "ws" else "tcp",
-        )
-        if ep.ca is not None:
-            self.client.tls_set(ca_certs=str(ep.ca))
-        if user is not None:
-            self.client.username_pw_set(user, PASSWORDS.get(user) if password is None else password)
-        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.connacks: queue.Queue[tuple[int, bool, Any]] = queue.Queue()
-        self.subacks: dict[int, list[int]] = {}
-        self.pubacks: dict[int, int] = {}
-        self.disconnects: queue.Queue[int] = queue.Queue()
-        self.client.on_connect = self._on_connect
-        self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = lambda c, u, mid, rc, p: self.pubacks.__setitem__(mid, rc.value)
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc.value)
-
-    def _on_connect(self, c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            c.disconnect()  # or paho's loop keeps reconnecting, with a back-off that slows close()
-        self.connacks.put((rc.value, bool(flags.session_present), props))
-
-    def _on_subscribe(self, c: mqtt.Client, u: Any, mid: int, rcs: Any, p: Any) -> None:
-        self.subacks[mid] = [r.value for r in rcs]
-
-    def connect(self) -> int:
-        """Connect and return the CONNACK reason code (the client is closed on a refusal)."""
-        if self.client.protocol == mqtt.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.session_expiry
-            self.client.connect(
-                "127.0.0.1", self.ep.port, clean_start=self.clean_start, properties=props
-            )
-        else:
-            self.client.connect("127.0.0.1", self.ep.port)
-        self.client.loop_start()
-        code, self.session_present, self.connack_props = self.connacks.get(timeout=5)
-        if code != SUCCESS:
-            self.close()
-        return code
-
-    def subscribe(self, *topics: str) -> list[int]:
-        _, mid = self.client.subscribe([(t, 1) for t in topics])
-        assert mid is not None, "not connected"
-        wait_for(lambda: mid in self.subacks, f"SUBACK for {topics}")
-        return self.subacks[mid]
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Publish and return the PUBACK reason code (SUCCESS for QoS 0, which has none)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        info.wait_for_publish(5)
-        return self.pubacks.get(info.mid, SUCCESS) if qos else SUCCESS
-
-    def until(self, marker: bytes, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-        """Messages received up to and including the one whose payload is ``marker``."""
-        got: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while not got or got[-1][1] != marker:
-            try:
-                got.append(self.inbox.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"marker {marker!r} never came; got {got}") from None
-        return got
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def marker() -> bytes:
-    return uuid.uuid4().hex.encode()
 
 
 @pytest.fixture(scope="module", params=["tcp", "tls"])
@@ -315,7 +150,7 @@ def test_sensor_reads_only_its_own_results_and_errors(connect: Callable[..., Pee
         1, 1, 1, 1,
     ]
     worker = connect("worker")
-    for topic in ("infer/s2/result", "infer/s2/error", "hailo/w9/status"):
+    for topic in ("infer/s2/result", "infer/s2/error", "hailo/worker/status"):
         assert worker.publish(topic, b"not for s1") == SUCCESS
     assert connect("s2").publish("imu/s2/window", b"not for s1") == SUCCESS
     error, done = marker(), marker()
@@ -351,7 +186,7 @@ def test_dashboard_reads_results_errors_and_statuses_only(connect: Callable[...,
     worker = connect("worker")
     worker.publish(f"reply/{dashboard.client_id}/1", b"reply")
     status, error, done = marker(), marker(), marker()
-    worker_id = f"w-{uuid.uuid4().hex[:6]}"
+    worker_id = "worker"  # a worker writes only its own status
     worker.publish(f"hailo/{worker_id}/status", status, retain=True)
     worker.publish("infer/s2/error", error)
     worker.publish("infer/s1/result", done)
@@ -398,18 +233,18 @@ def test_worker_publishes_results_errors_statuses_and_replies(
     s1.subscribe("infer/s1/result", "infer/s1/error")
     dashboard = connect("dashboard")
     dashboard.subscribe("hailo/+/status")
-    bridge = connect("bridge", client_id=f"hailo-bridge-{uuid.uuid4().hex[:8]}")
-    bridge.subscribe(f"reply/{bridge.client_id}/#")
+    bridge = connect("bridge")
+    bridge.subscribe("reply/bridge/#")
     result, error, status, reply = marker(), marker(), marker(), marker()
     for name in ("worker", "worker-pi1"):
         worker = connect(name)
         assert worker.publish("infer/s1/error", error) == SUCCESS
         assert worker.publish("infer/s1/result", result) == SUCCESS
         assert worker.publish(f"hailo/{name}/status", status) == SUCCESS
-        assert worker.publish(f"reply/{bridge.client_id}/req-1", reply) == SUCCESS
+        assert worker.publish("reply/bridge/req-1", reply) == SUCCESS
         assert s1.until(result) == [("infer/s1/error", error), ("infer/s1/result", result)]
         assert dashboard.until(status) == [(f"hailo/{name}/status", status)]
-        assert bridge.until(reply) == [(f"reply/{bridge.client_id}/req-1", reply)]
+        assert bridge.until(reply) == [("reply/bridge/req-1", reply)]
 
 
 def test_the_real_worker_serves_through_this_broker(
@@ -417,16 +252,22 @@ def test_the_real_worker_serves_through_this_broker(
 ) -> None:
     """`hailo-worker` logged in with its role, over plain TCP and over TLS with the
     deployment's CA: its link reads many packets per recv() and sends many per send(), which
-    TLS must carry as well (records, partial writes)."""
-    settings: dict[str, Any] = {"mqtt_username": "worker", "mqtt_password": PASSWORDS["worker"],
-                                "session_expiry_s": 0}
+    TLS must carry as well (records, partial writes). It serves a shared group whose name
+    (the containment of a sensor joining the group, mosquitto/README.md) appears in nothing a
+    dashboard, let alone a sensor, can read."""
+    group = f"g-{secrets.token_hex(8)}"
+    settings: dict[str, Any] = {"mqtt_username": "worker-pi1",
+                                "mqtt_password": PASSWORDS["worker-pi1"], "session_expiry_s": 0,
+                                "shared_group": group}
     if ep.ca is not None:
         settings.update(mqtt_tls="true", mqtt_ca_file=ep.ca)
-    w = WorkerProcess(ep.port, worker_id=f"w-{ep.kind}", log_dir=tmp_path, **settings).start()
+    # WORKER_ID is the user name: the broker makes it the client id, the ACL the status topic.
+    w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, **settings).start()
     try:
         dashboard = connect("dashboard")
-        dashboard.subscribe(f"hailo/{w.worker_id}/status")
-        wait_for(lambda: any(b'"online"' in p for _, p in list(dashboard.inbox.queue)),
+        dashboard.subscribe("#")
+        wait_for(lambda: any(t == f"hailo/{w.worker_id}/status" and b'"online"' in p
+                             for t, p in list(dashboard.inbox.queue)),
                  f"the worker online over {ep.kind}:\n{w.log()}", timeout=20)
         s1 = connect("s1")
         s1.subscribe("infer/s1/result", "infer/s1/error")
@@ -438,14 +279,19 @@ def test_the_real_worker_serves_through_this_broker(
         answers = [s1.inbox.get() for _ in range(windows)]
         assert {t for t, _ in answers} == {"infer/s1/result"}
         assert sorted(decode(p)["seq"] for _, p in answers) == list(range(windows))
+        seen = list(dashboard.inbox.queue)
+        assert {t for t, _ in seen} >= {f"hailo/{w.worker_id}/status", "infer/s1/result"}
+        assert not [t for t, p in seen if group.encode() in p or group in t]
     finally:
         w.stop()
-        # Its retained status would reach the other tests' subscribers on this broker.
-        connect("worker").publish(f"hailo/{w.worker_id}/status", b"", retain=True)
+        # Its retained status and summary would reach the other tests' subscribers here.
+        cleaner = connect("worker-pi1")
+        cleaner.publish(f"hailo/{w.worker_id}/status", b"", retain=True)
+        cleaner.publish("infer/s1/summary", b"", retain=True)
 
 
 def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
-    observer = connect("worker")
+    observer = connect("observer")
     observer.subscribe("imu/+/window")
     for name in ("worker", "worker-pi1"):
         worker = connect(name)
@@ -464,10 +310,10 @@ def test_bridge_publishes_as_bridge_and_reads_only_its_own_replies(
 ) -> None:
     worker = connect("worker")
     worker.subscribe("imu/+/window")
-    bridge = connect("bridge", client_id=f"hailo-bridge-{uuid.uuid4().hex[:8]}")
-    other_id = f"hailo-bridge-{uuid.uuid4().hex[:8]}"
+    bridge = connect("bridge")
+    other_id = "bridge-2"  # another bridge process: its own user, so its own client id
     bridge.subscribe(
-        f"reply/{bridge.client_id}/#", f"reply/{other_id}/#", "infer/+/result",
+        "reply/bridge/#", f"reply/{other_id}/#", "infer/+/result",
         "infer/+/error", "hailo/+/status",
     )
     assert bridge.publish("imu/s1/window", b"forged") == NOT_AUTHORIZED
@@ -478,16 +324,225 @@ def test_bridge_publishes_as_bridge_and_reads_only_its_own_replies(
 
     worker.publish(f"reply/{other_id}/req-1", b"another bridge's answer")
     reply, result, error, status = marker(), marker(), marker(), marker()
-    worker.publish(f"reply/{bridge.client_id}/req-1", reply)
+    worker.publish("reply/bridge/req-1", reply)
     worker.publish("infer/bridge/result", result)
     worker.publish("infer/s2/error", error)
     worker.publish("hailo/worker/status", status)
     assert bridge.until(status) == [
-        (f"reply/{bridge.client_id}/req-1", reply),
+        ("reply/bridge/req-1", reply),
         ("infer/bridge/result", result),
         ("infer/s2/error", error),
         ("hailo/worker/status", status),
     ]
+
+
+# --- client ids and sessions (issue 16 item 4) ----------------------------------------------
+
+
+@pytest.fixture(params=["tcp", "tls", "ws"])
+def any_listener(
+    request: pytest.FixtureRequest, prod_broker: Broker, deployment: Deployment
+) -> Endpoint:
+    ca = deployment.certs / "ca.crt" if request.param == "tls" else None
+    return Endpoint(request.param, 0, ca).on(prod_broker)
+
+
+def test_a_client_id_cannot_take_over_another_users_session(
+    any_listener: Endpoint, connect: Callable[..., Peer]
+) -> None:
+    """A sensor that connects with the worker's (or a bridge's) client id gets its own session:
+    the broker replaces the id with the user name, on every listener."""
+    worker = connect("worker", at=any_listener)
+    worker.subscribe("imu/+/window")
+    bridge = connect("bridge", at=any_listener)
+    bridge.subscribe("reply/bridge/#")
+    for victim in ("worker", "bridge"):
+        intruder = connect("s1", at=any_listener, client_id=victim)
+        assert intruder.subscribe(f"reply/{victim}/#") == [1]
+        window, reply = marker(), marker()
+        assert connect("s2", at=any_listener).publish("imu/s2/window", window) == SUCCESS
+        assert worker.until(window) == [("imu/s2/window", window)]
+        assert connect("observer", at=any_listener).publish("reply/bridge/1", reply) == SUCCESS
+        assert bridge.until(reply) == [("reply/bridge/1", reply)]
+        intruder.close()
+        for peer in (intruder, worker, bridge):  # reply/%c/# is reply/s1/# for the intruder
+            assert peer.inbox.empty(), peer.client_id
+    assert worker.disconnects.empty() and bridge.disconnects.empty()
+
+
+def test_a_session_belongs_to_the_user_whatever_client_id_it_sends(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A worker's persistent session is found by its user name (so by WORKER_ID); a second
+    login of the same user takes that session over, which is why each worker and each bridge
+    process has its own user."""
+    own = run_broker(deployment, tmp_path)
+    try:
+        at = Endpoint("tcp", own.port_for(MQTT_PORT))
+        first = Peer(at, "worker", client_id="anything", session_expiry=600, clean_start=False)
+        assert first.connect() == SUCCESS
+        first.subscribe("imu/+/window")
+        second = Peer(at, "worker", client_id="else", session_expiry=600, clean_start=False)
+        assert second.connect() == SUCCESS
+        assert second.session_present  # the first one's session, subscription included
+        first.disconnects.get(timeout=5)  # the first connection is closed
+        first.close()
+        second.close()
+        window = marker()
+        sensor = Peer(at, "s1")
+        assert sensor.connect() == SUCCESS
+        assert sensor.publish("imu/s1/window", window) == SUCCESS  # queued for the session
+        sensor.close()
+        back = Peer(at, "worker", client_id="a-third-id", session_expiry=600, clean_start=False)
+        assert back.connect() == SUCCESS
+        assert back.session_present
+        assert back.until(window) == [("imu/s1/window", window)]
+        back.close()
+    finally:
+        own.stop()
+
+
+# --- a worker's own status (issue 16 item 13) -----------------------------------------------
+
+
+def test_a_worker_writes_only_its_own_status_and_will(
+    connect: Callable[..., Peer], ep: Endpoint
+) -> None:
+    dashboard = connect("dashboard")
+    dashboard.subscribe("hailo/+/status")
+    other = connect("worker-pi1")
+    # A fake `online` for another worker would turn the bridge's /healthz 200.
+    assert other.publish("hailo/worker/status", b'{"state": "online"}', retain=True) == (
+        NOT_AUTHORIZED
+    )
+    for topic in ("hailo/worker/status", "hailo/worker-pi1/status"):
+        dying = Peer(ep, "worker-pi1")
+        dying.client.will_set(topic, topic.encode(), qos=1)
+        assert dying.connect() == SUCCESS
+        # DISCONNECT with reason 0x04 asks the broker to publish the will, as a cut cable does.
+        dying.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+        dying.client.loop_stop()
+    done = marker()
+    assert connect("worker").publish("hailo/worker/status", done) == SUCCESS
+    assert dashboard.until(done) == [
+        ("hailo/worker-pi1/status", b"hailo/worker-pi1/status"),  # the forged will never came
+        ("hailo/worker/status", done),
+    ]
+
+
+# --- summaries and Home Assistant -----------------------------------------------------------
+
+
+def test_summaries_and_home_assistant_discovery(connect: Callable[..., Peer]) -> None:
+    """Workers write summaries and discovery configs and read HA's birth message; dashboards
+    and bridges read the summaries; a sensor does neither."""
+    readers = [connect(name) for name in ("dashboard", "bridge")]
+    for reader in readers:
+        reader.subscribe("infer/+/summary")
+    s1 = connect("s1")
+    s1.subscribe("infer/+/summary", "homeassistant/#", "infer/s1/result")
+    worker = connect("worker")
+    worker.subscribe("homeassistant/status")
+    assert s1.publish("infer/s1/summary", b"forged") == NOT_AUTHORIZED
+    assert s1.publish("homeassistant/sensor/x/config", b"forged") == NOT_AUTHORIZED
+    summary = marker()
+    assert worker.publish("infer/s2/summary", summary, qos=0) == SUCCESS
+    for reader in readers:
+        assert reader.until(summary) == [("infer/s2/summary", summary)]
+    config = "homeassistant/sensor/worker_state/config"
+    assert worker.publish(config, b"{}", retain=True) == SUCCESS  # retained for HA
+    worker.publish(config, b"", retain=True)
+    # HA's birth message, here from another worker (any user with write on it would do).
+    birth = marker()
+    assert connect("worker-pi1").publish("homeassistant/status", birth) == SUCCESS
+    assert worker.until(birth) == [("homeassistant/status", birth)]
+    done = marker()
+    worker.publish("infer/s1/result", done)
+    assert s1.until(done) == [("infer/s1/result", done)]  # no summary, no config before it
+
+
+# --- shared groups (issue 16 item 3) --------------------------------------------------------
+
+
+def test_no_user_but_a_worker_may_join_a_shared_group(
+    any_listener: Endpoint, connect: Callable[..., Peer]
+) -> None:
+    """The dynamic-security plugin (loaded by start.sh from add-user.sh's file) refuses the
+    SUBSCRIBE: SUBACK 0x87 to v5 clients, 0x80 to v3.1.1. The acl file could not (a granted
+    member black-holed its round-robin share: 10 of 20 windows answered on main)."""
+    worker = connect("worker", at=any_listener)
+    assert worker.subscribe("$share/workers/imu/+/window") == [1]
+    for name in ("s2", "bridge", "dashboard"):
+        intruder = connect(name, at=any_listener)
+        assert intruder.subscribe("$share/workers/imu/+/window", "$share/x/#") == [
+            NOT_AUTHORIZED, NOT_AUTHORIZED,
+        ], name
+        assert intruder.subscribe("imu/+/window") == [1]  # plain ones are granted as ever
+    old = Peer(any_listener, "s1", protocol=MQTTProtocolVersion.MQTTv311)
+    assert old.connect() == SUCCESS
+    assert old.subscribe("$share/workers/imu/+/window") == [0x80]
+    old.close()
+    s1 = connect("s1", at=any_listener)
+    windows = [marker() for _ in range(20)]
+    for w in windows:
+        assert s1.publish("imu/s1/window", w) == SUCCESS
+    assert [p for _, p in worker.until(windows[-1])] == windows
+
+
+def test_a_user_missing_from_the_roles_file_black_holes_its_share(
+    connect: Callable[..., Peer],
+) -> None:
+    """What remains (mosquitto/README.md, "Threat model"): a user the plugin does not list (one
+    added to passwd by hand, here s3) is granted the SUBSCRIBE, is picked round robin before
+    its read access is checked, and its share vanishes with a success PUBACK to the sender.
+    Hence users are made with add-user.sh, and SHARED_GROUP is a secret too."""
+    worker = connect("worker")
+    worker.subscribe("$share/known/imu/+/window")
+    assert connect("s3").subscribe("$share/known/imu/+/window") == [1]
+    s1 = connect("s1")
+    windows = [marker() for _ in range(20)]
+    assert [s1.publish("imu/s1/window", w) for w in windows] == [SUCCESS] * 20
+    # Two members: strict round robin, so the worker gets every other window.
+    wait_for(lambda: worker.inbox.qsize() >= 10, "the worker's share")
+    time.sleep(0.3)
+    assert [worker.inbox.get()[1] for _ in range(worker.inbox.qsize())] == windows[::2]
+
+
+def test_a_new_user_is_refused_shared_subscriptions_after_a_restart(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """passwd and acl are reread on SIGHUP; the plugin's file only at start."""
+    dep = Deployment(tmp_path / "dep")
+    shutil.copytree(deployment.root, dep.root)
+    own = run_broker(dep, tmp_path / "broker")
+    try:
+        at = Endpoint("tcp", own.port_for(MQTT_PORT))
+        password = secrets.token_urlsafe(12)
+        add_user(dep.env(), "s4", "sensor", password)
+        own.reload()
+        s4 = connect_when_ready(at, "s4", password)
+        assert s4.subscribe("$share/g/imu/+/window") == [1]  # until the restart
+        s4.close()
+        own.restart()
+        s4 = connect_when_ready(at, "s4", password)
+        assert s4.subscribe("$share/g/imu/+/window") == [NOT_AUTHORIZED]
+        s4.close()
+    finally:
+        own.stop()
+
+
+# --- listeners (issue 16 item 14) ----------------------------------------------------------
+
+
+def test_every_listener_listens_where_the_config_says(prod_broker: Broker) -> None:
+    """No listener beyond the config's (use_username_as_clientid above the first listener would
+    open a default one on 1883, every interface), and none on every interface in tests: the
+    WebSocket one is bound by interface name (broker_util), as `ss -ltnp` shows."""
+    assert prod_broker.listening() == {
+        f"127.0.0.1:{prod_broker.port_for(MQTT_PORT)}",
+        f"127.0.0.1:{prod_broker.port_for(TLS_PORT)}",
+        f"[::ffff:127.0.0.1]:{prod_broker.port_for(WS_PORT)}",
+    }
 
 
 # --- limits ----------------------------------------------------------------------------------
@@ -499,14 +554,15 @@ def test_a_full_size_window_passes_and_an_oversized_packet_does_not(
     worker = connect("worker")
     worker.subscribe("imu/+/window")
     s1 = connect("s1")
-    assert s1.connack_props.MaximumPacketSize == 1048576
-    window = secrets.token_bytes(65536)
+    # Twice MAX_PAYLOAD_BYTES: a window the worker answers `too_large` still reaches it.
+    assert s1.connack_props.MaximumPacketSize == 131072
+    window = os.urandom(65536)
     assert s1.publish("imu/s1/window", window) == SUCCESS
     assert worker.until(window) == [("imu/s1/window", window)]
     # An MQTT 3.1.1 client is not told the limit; the broker disconnects it instead.
     old = Peer(ep, "s2", protocol=MQTTProtocolVersion.MQTTv311)
     assert old.connect() == SUCCESS
-    old.client.publish("imu/s2/window", b"\0" * 1100000, qos=1)
+    old.client.publish("imu/s2/window", b"\0" * 131072, qos=1)
     old.disconnects.get(timeout=5)
     old.close()
     done = marker()
@@ -523,7 +579,7 @@ def test_retained_status_and_queued_windows_survive_a_restart(
     own = run_broker(deployment, tmp_path)
     try:
         at = ep.on(own)
-        worker_id = f"w-{uuid.uuid4().hex[:6]}"
+        worker_id = "worker"  # the user name: the client id and the status topic
         # clean_start=False from the very first CONNECT: Mosquitto 2.0 writes to disk only the
         # sessions of clients whose last CONNECT had it; one that began with clean_start=True
         # (paho's default for the first connect) lives in memory only and is lost on a restart.
@@ -629,9 +685,36 @@ def test_add_user_files(tmp_path: Path) -> None:
     assert roles == ["pi worker", "s1 dashboard", ""]
     acl = (tmp_path / "acl").read_text()
     assert "user pi\ntopic deny imu/pi/window\ntopic read imu/+/window\n" in acl
+    dynsec = json.loads((tmp_path / "dynamic-security.json").read_text())
+    assert [c["username"] for c in dynsec["clients"]] == ["s1"]  # every user but the worker
+    assert dynsec["roles"][0]["acls"] == [
+        {"acltype": "subscribePattern", "topic": "$share/#", "priority": 0, "allow": False}
+    ]
+    block = acl.split("user pi\n")[1].split("\n\n")[0]
+    assert "topic write hailo/pi/status" in block.split("\n")  # its own status, no other
     assert "user s1\ntopic deny imu/s1/window\ntopic deny reply/#\n" in acl
     for text in (passwd, "\n".join(roles), acl):
-        assert "secret" not in text
+        for password in ("first-secret", "second-secret", "third-secret"):
+            assert password not in text
+
+
+def test_add_user_keeps_the_home_assistant_prefix_it_was_given(tmp_path: Path) -> None:
+    env = {**os.environ, "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd")}
+    env.pop("HA_DISCOVERY_PREFIX", None)
+    add_user(env, "pi", "worker", "pw")
+    acl = (tmp_path / "acl").read_text()
+    assert "topic write homeassistant/#\ntopic read homeassistant/status\n" in acl
+    subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": "site/ha"},
+                   check=True, capture_output=True)
+    add_user(env, "s1", "sensor", "pw")  # no variable now: the recorded prefix stays
+    acl = (tmp_path / "acl").read_text()
+    assert "topic write site/ha/#\ntopic read site/ha/status\n" in acl
+    assert "homeassistant" not in acl
+    for bad in ("ha/#", "+", "/ha", "ha//x", "$SYS"):
+        done = subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": bad},
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and "HA_DISCOVERY_PREFIX" in done.stderr, bad
+    assert "topic write site/ha/#\n" in (tmp_path / "acl").read_text()
 
 
 def test_add_user_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:
@@ -685,9 +768,12 @@ def test_committed_acl_is_generated_from_committed_roles(tmp_path: Path) -> None
         "MOSQUITTO_PASSWD_FILE": str(tmp_path / "passwd"),
         "MOSQUITTO_ROLES_FILE": str(MOSQ / "roles"),
         "MOSQUITTO_ACL_FILE": str(tmp_path / "acl"),
+        "MOSQUITTO_DYNSEC_FILE": str(tmp_path / "dynamic-security.json"),
     }
     subprocess.run([str(ADD_USER), "--sync"], env=env, check=True, capture_output=True)
     assert (tmp_path / "acl").read_text() == (MOSQ / "acl").read_text()
+    generated = (tmp_path / "dynamic-security.json").read_text()
+    assert generated == (MOSQ / "dynamic-security.json").read_text()
 
 
 def test_start_sh_turns_tls_on_only_with_a_certificate_and_key(tmp_path: Path) -> None:

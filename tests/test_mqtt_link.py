@@ -93,3 +93,71 @@ def test_a_publish_from_another_thread_wakes_the_sleeping_loop_every_time(broker
             assert time.monotonic() - started < 1.0, f"publish {n} waited for the loop's tick"
     finally:
         link.stop()
+
+
+def _settings(port: int) -> CommonSettings:
+    return CommonSettings(_env_file=None, mqtt_host="127.0.0.1",  # type: ignore[call-arg]
+                          mqtt_port=port)
+
+
+def test_nothing_is_read_while_the_owner_will_take_no_more(broker: Any) -> None:
+    """The half of flow control that holds QoS 0 too: while `reading` says False, no packet is
+    read (the broker's messages wait in TCP); once it says True, they all arrive."""
+    got: list[bytes] = []
+    reading = threading.Event()
+    link = MqttLink(_settings(broker.port), client_id="gated", subscriptions=[("gate/#", 0)],
+                    on_message=lambda c, u, m: got.append(m.payload), reading=reading.is_set,
+                    on_tick=lambda: 0.05)
+    sender = MqttLink(_settings(broker.port), client_id="sender")
+    link.start()
+    sender.start()
+    try:
+        reading.set()
+        assert link.wait_connected(5) and sender.wait_connected(5)
+        time.sleep(0.3)  # the SUBACK
+        reading.clear()
+        for n in range(20):
+            sender.publish("gate/x", str(n).encode(), qos=0)
+        time.sleep(1.0)
+        assert got == []
+        reading.set()
+        link.wake()
+        deadline = time.monotonic() + 5
+        while len(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [str(n).encode() for n in range(20)]
+    finally:
+        link.stop()
+        sender.stop()
+
+
+def test_an_ack_is_sent_only_on_the_connection_its_message_came_on(broker: Any) -> None:
+    link = MqttLink(_settings(broker.port), client_id="acker", manual_ack=True)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        assert link.generation == 1
+        assert not link.ack(7, generation=0)  # a message of a connection that is gone
+        assert link.ack(7, generation=1)
+    finally:
+        link.stop()
+
+
+def test_the_brokers_receive_maximum_bounds_our_publishes_in_flight(tmp_path: Any) -> None:
+    from broker_util import start_broker
+    from conftest import DEV_CONF
+
+    strict = start_broker(DEV_CONF.read_text().replace("max_inflight_messages 0",
+                                                       "max_inflight_messages 5"), tmp_path)
+    link = MqttLink(_settings(strict.port), client_id="polite")
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        assert link.client._max_inflight_messages == 5  # paho alone would ignore it
+        acked = threading.Semaphore(0)
+        for n in range(50):
+            assert link.publish(f"polite/{n}", b"x", qos=1, on_acked=acked.release)
+        assert all(acked.acquire(timeout=5) for _ in range(50))
+    finally:
+        link.stop()
+        strict.stop()

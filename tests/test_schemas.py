@@ -220,6 +220,7 @@ def test_asyncapi_is_3_0_with_the_contracts_channels(asyncapi: dict[str, Any]) -
         "infer/{sensor_id}/result",
         "infer/{sensor_id}/error",
         "hailo/{worker_id}/status",
+        "infer/{sensor_id}/summary",
         None,  # the reply channel: whatever ResponseTopic the window names
     }
 
@@ -260,15 +261,17 @@ def test_asyncapi_operations_from_the_workers_side(asyncapi: dict[str, Any]) -> 
         "infer/{sensor_id}/result": "send",
         "infer/{sensor_id}/error": "send",
         "hailo/{worker_id}/status": "send",
+        "infer/{sensor_id}/summary": "send",
     }
+    retained = {"#/channels/status", "#/channels/summary"}
     for op in ops.values():
         channel_ref = op["channel"]["$ref"]
         # An operation may only name messages of its own channel.
         assert all(m["$ref"].startswith(channel_ref + "/messages/") for m in op["messages"])
         binding = op["bindings"]
         binding = resolve(binding["$ref"], SCHEMA_DIR, asyncapi) if "$ref" in binding else binding
-        assert binding["mqtt"]["qos"] == 1
-        assert binding["mqtt"].get("retain", False) is (channel_ref == "#/channels/status")
+        assert binding["mqtt"]["qos"] == (0 if channel_ref == "#/channels/summary" else 1)
+        assert binding["mqtt"].get("retain", False) is (channel_ref in retained)
     assert ops["receiveWindow"]["reply"]["channel"]["$ref"] == "#/channels/reply"
 
 

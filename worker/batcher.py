@@ -1,19 +1,22 @@
-"""The adaptive batcher: a bounded queue that says when a batch is due.
+"""The adaptive batcher: the queue of windows waiting, and when the next batch is due.
 
-A batch is due when it is full (BATCH_MAX_SIZE) or when its *first* window has waited
-BATCH_MAX_WAIT_MS since it was received, whichever comes first (MLServer's adaptive batcher,
-without its drift: the deadline is fixed once, from the first window's receipt time).
-When the queue is full, the oldest window is pushed out and returned to the caller, which
-answers it `overloaded`: every window gets exactly one answer.
+Opportunistic by default (BATCH_MAX_WAIT_MS=0, as Triton's dynamic batcher): a batch is due as
+soon as anything is queued, with up to BATCH_MAX_SIZE windows; under load batches fill by
+themselves while the backend is busy. With a wait above 0 a partial batch is held until its
+*first* window has waited that long (MLServer's adaptive batcher, without its drift: the
+deadline is fixed once, from the first window's receipt time).
 
-It never blocks and takes no lock: one thread (the MQTT network loop) owns it, asks it how
-long it may sleep, and takes batches from it. Waking another thread for every window or
-batch would cost more than the work itself (see bench/README.md).
+The queue itself is not bounded here: flow control (worker/flow.py) stops reading before it
+holds QUEUE_MAX, so nothing is ever pushed out. A window whose MQTT v5 Message Expiry ran out
+while it waited is handed back apart when a batch is taken, to be answered `overloaded`.
+
+It never blocks and takes no lock: one thread (the MQTT network loop) owns it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 
@@ -23,13 +26,17 @@ class Timed(Protocol):
         """`time.monotonic()` when the window arrived."""
         ...
 
+    @property
+    def expires(self) -> float:
+        """`time.monotonic()` when its Message Expiry runs out (math.inf: never)."""
+        ...
+
 
 T = TypeVar("T", bound=Timed)
 
 
 class BatchQueue(Generic[T]):
-    def __init__(self, maxsize: int, batch_max_size: int, max_wait_s: float) -> None:
-        self.maxsize = maxsize
+    def __init__(self, batch_max_size: int, max_wait_s: float) -> None:
         self.batch_max_size = batch_max_size
         self.max_wait_s = max_wait_s
         self._items: deque[T] = deque()
@@ -42,12 +49,8 @@ class BatchQueue(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, item: T) -> T | None:
-        """Queue `item`. Returns the oldest window if it had to make room, else None."""
-        items = self._items
-        dropped = items.popleft() if len(items) >= self.maxsize else None
-        items.append(item)
-        return dropped
+    def put(self, item: T) -> None:
+        self._items.append(item)
 
     def close(self) -> None:
         """No more puts are expected: whatever is queued is due at once."""
@@ -70,6 +73,20 @@ class BatchQueue(Generic[T]):
             return 0.0
         return max(0.0, self._items[0].received + self.max_wait_s - now)
 
-    def take(self, n: int) -> list[T]:
+    def take(self, n: int, now: float) -> tuple[list[T], list[T]]:
+        """The next `n` windows: (those still in time, those expired by `now`)."""
         items = self._items
-        return [items.popleft() for _ in range(min(n, len(items)))]
+        batch = [items.popleft() for _ in range(min(n, len(items)))]
+        if all(item.expires > now for item in batch):
+            return batch, []
+        return ([item for item in batch if item.expires > now],
+                [item for item in batch if item.expires <= now])
+
+    def discard(self, stale: Callable[[T], bool]) -> list[T]:
+        """Remove (and return) the queued windows `stale` says no longer need an answer."""
+        kept: deque[T] = deque()
+        gone: list[T] = []
+        for item in self._items:
+            (gone if stale(item) else kept).append(item)
+        self._items = kept
+        return gone

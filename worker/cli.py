@@ -98,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return worker.run(stop)
+    try:
+        return worker.run(stop)
+    except ConfigError as exc:  # found only once serving starts: a busy METRICS_PORT
+        fail(PROG, str(exc))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,15 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from worker.settings import ConfigError
+from worker.wire import ErrorCode
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -61,6 +65,8 @@ class WorkerMetrics:
         self.errors = Counter(
             "hailo_worker_errors", "Error answers published, by code.", ["code"], registry=r
         )
+        for code in get_args(ErrorCode):  # every code reads 0 from the start, not "no data"
+            self.errors.labels(code)
         self.queue_depth = Gauge(
             "hailo_worker_queue_depth", "Windows waiting for a batch.", registry=r
         )
@@ -95,5 +101,10 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on `host:port` (port 0: off)."""
-        if port:
+        if not port:
+            return
+        try:
             start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"METRICS_PORT: cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc}") from None

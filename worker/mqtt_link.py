@@ -31,118 +31,18 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from worker.mqtt_client import Client, FrozenProperties, frozen, properties
 from worker.settings import CommonSettings
+
+__all__ = ["FrozenProperties", "MqttLink", "frozen", "properties"]
+_Client = Client  # the name tests/test_mqtt_link.py knows it by
 
 OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
 OnTick = Callable[[], float]
-RECEIVE_MAXIMUM = 65535  # let the broker send everything: QUEUE_MAX is our backpressure
+Subscription = tuple[str, int | SubscribeOptions]  # a topic filter and its QoS (or options)
+RECEIVE_MAXIMUM = 65535  # MQTT v5's largest: the broker may send as many as it likes
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
-
-
-class FrozenProperties(Properties):
-    """Publish properties that never change, packed once instead of on every publish."""
-
-    def pack(self) -> bytes:
-        packed: bytes | None = self.__dict__.get("_packed")
-        if packed is None:
-            packed = super().pack()  # type: ignore[no-untyped-call]
-            # Properties.__setattr__ admits only MQTT property names: bypass it for the cache.
-            self.__dict__["_packed"] = packed
-        return packed
-
-
-class _Client(mqtt.Client):
-    """paho's client, with one system call for many packets each way.
-
-    paho reads every packet with three or more `recv()` calls (its type byte, each byte of its
-    length, then the rest) and writes every packet with its own `send()`: per window that is
-    nine system calls (strace), and as many TCP segments for the broker. Here reads are served
-    from one 64 KiB `recv()`, and the packets of one `loop_write()` go out in one `send()`.
-    paho 2.x does all its socket I/O through `_sock_recv`, `_sock_send` and `_sock_close`
-    (private names, checked on paho 2.2: pyproject.toml keeps paho-mqtt below 2.3);
-    only our network thread calls `loop_read` and `loop_write` (paho never writes itself while
-    `on_socket_register_write` is set). Both buffers belong to one socket and are dropped with
-    it, so nothing read from or meant for an old connection reaches a new one.
-    """
-
-    READ_SIZE = 65536
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rsock: Any = None  # the socket the read buffer came from
-        self._rbuf = b""
-        self._rpos = 0
-        self._wsock: Any = None  # the socket the write buffer is for
-        self._wbuf: list[bytes | bytearray] = []
-
-    @property
-    def buffered(self) -> int:
-        """Bytes read from the socket that paho has not taken yet."""
-        return len(self._rbuf) - self._rpos if self._rsock is self._sock else 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rsock is not self._sock:  # a new connection: nothing carries over
-            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
-        buf, pos = self._rbuf, self._rpos
-        if pos == len(buf):
-            buf = self._rbuf = super()._sock_recv(max(bufsize, self.READ_SIZE))
-            pos = 0  # an empty read (the broker closed the connection) goes to paho as it is
-        end = self._rpos = min(pos + bufsize, len(buf))
-        return buf[pos:end]
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        if self._wsock is not self._sock:
-            self._wsock, self._wbuf = self._sock, []
-        self._wbuf.append(buf)
-        return len(buf)  # to paho it is sent; loop_write sends it with the rest
-
-    def want_write(self) -> bool:
-        return super().want_write() or bool(self._wbuf and self._wsock is self._sock)
-
-    def _packet_write(self) -> MQTTErrorCode:
-        # Sent before loop_write() asks want_write(): paho keeps a write registered only while
-        # that says True, and asks to be woken for the next packet only when none is.
-        rc: MQTTErrorCode = super()._packet_write()
-        self._flush()
-        return rc
-
-    def _flush(self) -> None:
-        if not self._wbuf or self._wsock is not self._sock:
-            return
-        data = b"".join(self._wbuf)
-        try:
-            sent = super()._sock_send(data)
-        except BlockingIOError:  # no room: the loop waits until the socket is writable
-            sent = 0
-        except OSError:  # the connection is gone; reading finds out and paho reconnects
-            sent = len(data)
-        self._wbuf = [data[sent:]] if sent < len(data) else []
-
-    def _sock_close(self) -> None:
-        self._flush()  # a DISCONNECT is written just before paho closes the socket
-        super()._sock_close()
-
-
-def frozen(content_type: str) -> Properties:
-    props = FrozenProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ContentType = content_type
-    return props
-
-
-def properties(
-    content_type: str | None = None,
-    response_topic: str | None = None,
-    correlation_data: bytes | None = None,
-) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    if content_type is not None:
-        props.ContentType = content_type
-    if response_topic is not None:
-        props.ResponseTopic = response_topic
-    if correlation_data is not None:
-        props.CorrelationData = correlation_data
-    return props
 
 
 class MqttLink:
@@ -151,12 +51,18 @@ class MqttLink:
     Args:
         settings: broker address, credentials and TLS files.
         client_id: stable for a persistent session (the worker), unique per process otherwise.
-        subscriptions: (topic filter, qos) pairs, (re)subscribed in every on_connect.
+        subscriptions: (topic filter, qos or SubscribeOptions) pairs, (re)subscribed in every
+            on_connect.
         on_message: called on paho's network thread; it must not block.
         clean_start: False resumes the broker-side session (queued QoS 1 messages survive).
         session_expiry_s: how long the broker keeps the session after a disconnect.
         will: (topic, payload) published retained at QoS 1 by the broker if we vanish.
         manual_ack: QoS 1 messages are acknowledged only by `ack()`, never automatically.
+        receive_maximum: MQTT v5 Receive Maximum: the most QoS 1 messages the broker hands us
+            unacknowledged (with manual_ack, the broker's half of flow control).
+        reading: asked before every packet read; while it says False nothing more is read
+            (the half of flow control that holds QoS 0 too; the owner must make it True again
+            by itself, since acknowledgements to us wait unread meanwhile).
         on_connected / on_disconnected: hooks run on the network thread.
         on_tick: run on the network thread after every pass of paho's loop (a pass returns on
             traffic, or when the previous tick's answer, in seconds, has elapsed).
@@ -167,12 +73,14 @@ class MqttLink:
         settings: CommonSettings,
         *,
         client_id: str,
-        subscriptions: Sequence[tuple[str, int]] = (),
+        subscriptions: Sequence[Subscription] = (),
         on_message: OnMessage | None = None,
         clean_start: bool = True,
         session_expiry_s: int = 0,
         will: tuple[str, bytes] | None = None,
         manual_ack: bool = False,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+        reading: Callable[[], bool] | None = None,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[str], None] | None = None,
         on_tick: OnTick | None = None,
@@ -184,11 +92,16 @@ class MqttLink:
         self.subscriptions = list(subscriptions)
         self.clean_start = clean_start
         self.session_expiry_s = session_expiry_s
+        self.receive_maximum = receive_maximum
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.on_tick = on_tick
         self.connected = threading.Event()
         self.last_error = "not connected yet"
+        # Counts successful connects: a received message's id means something only on the
+        # connection it came on (the broker may give it to another message after a reconnect).
+        self.generation = 0
+        self.session_present = False
 
         # Acks can arrive before publish() has returned the mid to us (paho calls on_publish
         # on its network thread), so a mid acked early is parked until it is registered.
@@ -201,7 +114,7 @@ class MqttLink:
         self._unsubscribing: dict[int, threading.Event] = {}
         self._unsubscribed_early: set[int] = set()
 
-        client = _Client(
+        client = Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
@@ -219,10 +132,11 @@ class MqttLink:
         # errors also surface through our own handlers: let it log only when debugging.
         if paho_log.isEnabledFor(logging.DEBUG):
             client.enable_logger(paho_log)
-        # paho 2.2 ignores the broker's v5 Receive Maximum: our own bound keeps a burst of answers
-        # within what a broker configured with a small one accepts. (Any bound makes paho rescan
-        # its unacknowledged messages on every ack; the bench relay uses the same, to compare.)
-        client.max_inflight_messages_set(200)
+        # No bound of paho's own on QoS 1 publishes in flight: with one, a publish waits for
+        # an earlier one's PUBACK, which waits in the socket behind the windows flow control
+        # leaves unread (and paho rescans every unacknowledged message on each PUBACK). A broker
+        # that announces a Receive Maximum gets it kept (see _on_connect).
+        client.max_inflight_messages_set(0)
         if settings.mqtt_username:
             password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
             client.username_pw_set(settings.mqtt_username, password)
@@ -233,8 +147,12 @@ class MqttLink:
                 keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+        if reading is not None:
+            client.reading = reading
         if will is not None:
-            client.will_set(will[0], will[1], qos=1, retain=True)
+            will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will_props.ContentType = "application/json"
+            client.will_set(will[0], will[1], qos=1, retain=True, properties=will_props)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -253,7 +171,7 @@ class MqttLink:
         """Connect in the background, retrying with backoff until `stop()`."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        props.ReceiveMaximum = self.receive_maximum
         self.client.connect_async(
             self.settings.mqtt_host,
             self.settings.mqtt_port,
@@ -307,11 +225,12 @@ class MqttLink:
         """One pass over the socket: wait up to `timeout` for traffic, read, write, ping."""
         client = self.client
         # Bytes already read (by us, or decrypted by TLS) are invisible to select.
-        pending = client.buffered > 0 or (
-            getattr(sock, "pending", None) is not None and sock.pending() > 0)
+        reading = client.reading()
+        pending = reading and (client.buffered > 0 or (
+            getattr(sock, "pending", None) is not None and sock.pending() > 0))
         writing = [sock] if client.want_write() else []
-        readable, _, _ = select.select([sock, self._wake_r], writing, [],
-                                       0.0 if pending else timeout)
+        watched = [sock, self._wake_r] if reading else [self._wake_r]
+        readable, _, _ = select.select(watched, writing, [], 0.0 if pending else timeout)
         if self._wake_r in readable:
             self._drain_wake()
         if pending or sock in readable:
@@ -419,10 +338,13 @@ class MqttLink:
         if done is not None:
             done.set()
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a received QoS 1 message (manual_ack mode)."""
-        if qos > 0:
-            self.client.ack(mid, qos)
+    def ack(self, mid: int, generation: int) -> bool:
+        """Acknowledge a received QoS 1 message (manual_ack mode), if it came on the current
+        connection (`generation` as it was on receipt). Returns whether it was acknowledged."""
+        if generation != self.generation:
+            return False  # the broker redelivers it, if it still has it
+        self.client.ack(mid, 1)
+        return True
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties
@@ -462,13 +384,21 @@ class MqttLink:
             self.log.error("%s (%s:%s)", self.last_error, self.settings.mqtt_host,
                            self.settings.mqtt_port)
             return
+        # paho 2.2 ignores the broker's Receive Maximum; past it a strict broker disconnects.
+        # Its setter refuses a connected client, though the count it relies on is kept at any
+        # bound (paho 2.2, `publish` and `_do_on_publish`): set the field itself.
+        broker_max = getattr(props, "ReceiveMaximum", RECEIVE_MAXIMUM) if props else RECEIVE_MAXIMUM
+        client._max_inflight_messages = broker_max if broker_max < RECEIVE_MAXIMUM else 0
+        self.generation += 1
+        self.session_present = bool(getattr(flags, "session_present", False))
         self.log.info(
             "connected to %s:%s as %s (session present: %s)",
             self.settings.mqtt_host, self.settings.mqtt_port, self.client_id,
-            getattr(flags, "session_present", "?"),
+            self.session_present,
         )
         if self.subscriptions:
-            client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions])
+            client.subscribe([(t, q if isinstance(q, SubscribeOptions) else SubscribeOptions(qos=q))
+                              for t, q in self.subscriptions])
         self.last_error = ""
         self._retry_delay = float(RECONNECT_MIN_S)
         self.connected.set()

@@ -22,7 +22,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from worker.logs import configure
-from worker.mqtt_link import MqttLink
+from worker.mqtt_link import MqttLink, properties
 from worker.settings import SimSettings, load_or_exit
 from worker.wire import decode, encode_window
 
@@ -95,7 +95,7 @@ class Tally:
                 self.results += 1
                 self.latencies.append(now - sent_at)
 
-    def line(self, sent: int, elapsed: float) -> str:
+    def line(self, sent: int, elapsed: float, link_error: str = "") -> str:
         with self.lock:
             lat = sorted(self.latencies[-5000:])
             results, errors, waiting = self.results, self.errors, len(self.sent)
@@ -103,8 +103,9 @@ class Tally:
         if lat:
             p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             pct = f", latency p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms"
+        down = f"; DISCONNECTED ({link_error}), windows wait to be sent" if link_error else ""
         return (f"[{elapsed:6.1f}s] sent {sent}, results {results}, errors {errors}, "
-                f"waiting {waiting}{pct}")
+                f"waiting {waiting}{pct}{down}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,6 +124,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--form", choices=["bin", "lists", "json"], default="bin",
                    help="window encoding: compact msgpack bin, msgpack lists, or JSON")
     p.add_argument("--qos", type=int, choices=[0, 1], default=1)
+    p.add_argument("--expiry", type=int, default=0, metavar="S",
+                   help="MQTT v5 Message Expiry Interval of each window, in seconds: the broker "
+                   "drops a window not delivered in time, the worker answers one that waited "
+                   "too long `overloaded` (default 0: never expires)")
     p.add_argument("--prefix", default="sim", help="sensor ids are <prefix>-<n>")
     p.add_argument("--window-length", type=int, default=100)
     p.add_argument("--channels", type=int, default=9)
@@ -141,8 +146,8 @@ def encode_form(x: np.ndarray, seq: int, ts: float, form: str) -> bytes:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.sensors < 1 or args.rate <= 0:
-        print(f"{PROG}: --sensors must be >= 1 and --rate > 0", file=sys.stderr)
+    if args.sensors < 1 or args.rate <= 0 or not 0 <= args.expiry < 2**32:
+        print(f"{PROG}: --sensors must be >= 1, --rate > 0 and --expiry >= 0", file=sys.stderr)
         return 2
     settings = load_or_exit(SimSettings, PROG)
     configure(settings.log_level, settings.log_format)
@@ -172,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{PROG}: {len(sensors)} sensors ({', '.join(s.activity for s in sensors)}) at "
           f"{args.rate:g} windows/s each, {args.form} form, QoS {args.qos}", file=sys.stderr)
 
+    props = properties(expiry_s=args.expiry) if args.expiry else None
     interval = 1.0 / (args.rate * len(sensors))
     started = time.monotonic()
     next_at, next_report, sent, seq = started, started + 1.0, 0, 0
@@ -188,13 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = encode_form(sensor.next_window(), seq, time.time(), args.form)
         with tally.lock:
             tally.sent[(sensor.sensor_id, seq)] = time.monotonic()
-        link.publish(f"imu/{sensor.sensor_id}/window", payload, qos=args.qos)
+        link.publish(f"imu/{sensor.sensor_id}/window", payload, qos=args.qos, props=props)
         sent += 1
         if sent % len(sensors) == 0:
             seq += 1
         next_at += interval
         if not args.quiet and now >= next_report:
-            print(tally.line(sent, now - started), file=sys.stderr, flush=True)
+            down = "" if link.connected.is_set() else link.last_error or "not connected"
+            print(tally.line(sent, now - started, down), file=sys.stderr, flush=True)
             next_report += 1.0
     # Give the last answers a moment to arrive before the summary.
     deadline = time.monotonic() + 3

@@ -54,7 +54,7 @@ class Status:
             self.windows_total += windows
             self.errors_total += errors
 
-    def document(self, queue_depth: int) -> dict[str, Any]:
+    def document(self, queue_depth: int, backpressure: bool = False) -> dict[str, Any]:
         now = time.time()
         with self._lock:
             doc: dict[str, Any] = {
@@ -69,6 +69,7 @@ class Status:
                 "windows_total": self.windows_total,
                 "errors_total": self.errors_total,
                 "queue_depth": queue_depth,
+                "backpressure": backpressure,
             }
             if self.hef_sha256:
                 doc["hef_sha256"] = self.hef_sha256

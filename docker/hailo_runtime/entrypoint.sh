@@ -8,7 +8,9 @@
 # one line naming the setting, exit 2, like any other bad setting.
 set -eu
 
-for name in MQTT_USERNAME MQTT_PASSWORD BRIDGE_TOKEN; do
+# SHARED_GROUP is one of them: the broker refuses the group to the users it knows, and the name
+# stays secret for those it does not (mosquitto/README.md, "Threat model").
+for name in MQTT_USERNAME MQTT_PASSWORD BRIDGE_TOKEN SHARED_GROUP; do
     eval "file=\${${name}_FILE:-}"
     [ -n "$file" ] || continue
     eval "direct=\${${name}:-}"

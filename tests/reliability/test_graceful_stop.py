@@ -34,7 +34,7 @@ def test_sigterm_under_load_answers_the_queue_and_exits_0(
     code = w.wait(STOP_BOUND_S + 5)
     exited_at = time.monotonic()
     time.sleep(0.5)  # the sensors keep publishing while the worker is gone
-    found = re.search(r"answering (\d+) queued windows", w.log())
+    found = re.search(r"answering (\d+) windows held", w.log())
     assert found, w.log()
     queued = int(found.group(1))
     during_stop = sum(1 for a in ledger.snapshot().values() if term_at <= a[0].t <= exited_at)

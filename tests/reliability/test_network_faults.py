@@ -239,8 +239,8 @@ def test_cut_while_answering_loses_nothing(
 ) -> None:
     ledger.reference, ledger.tolerance = cpu_reference, 1e-5
     metrics_port = free_port()
-    # /metrics on the namespace's loopback (METRICS_HOST is not wired to the server yet, see
-    # the README), which a cut of the veth leaves alone: read from inside with curl.
+    # /metrics on the namespace's loopback, which a cut of the veth leaves alone: read from
+    # inside the namespace with curl.
     worker_in_ns("w-mid", infer_mode="hailo", hef_path=hef,
                  hailo_double_latency_ms=SLOW_DEVICE_MS, batch_max_size=BATCH_SLOW,
                  metrics_port=metrics_port)

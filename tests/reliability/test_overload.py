@@ -1,4 +1,5 @@
-"""Publishers at several times the worker's capacity: flat memory, a bounded queue, sheds load."""
+"""Publishers at several times the worker's capacity: flat memory, at most QUEUE_MAX held, and
+every window answered with a result (the rest waits in the broker: flow control)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ DEVICE_MS = 20  # the double's chip time per job: capacity is about BATCH / 20 m
 RATE = 800  # about four times that
 SECONDS = 8.0
 RSS_GROWTH_MIB = 15
+# Debian's Mosquitto 2.0.11 does not keep a client's Receive Maximum once it acknowledges in order
+# (db__message_delete_outgoing counts inflight messages only up to the one acknowledged; fixed in
+# 2.0.13): it pushes its whole backlog into the worker's connection, TCP holds it back, and the
+# PUBACKs to the worker's answers queue behind it. Each answer is kept (for a resend) until its
+# PUBACK is read: about 2 KiB a window of backlog, returned once the backlog is through.
+BACKLOG_KIB_PER_WINDOW = 2.5
 
 
 class QueueWatch:
@@ -44,7 +51,7 @@ class QueueWatch:
         self._thread.join(5)
 
 
-def test_overload_sheds_with_overloaded_and_stays_flat(
+def test_overload_holds_queue_max_and_answers_everything_with_results(
     start_worker: Callable[..., WorkerProcess], ledger: Ledger,
     sensors: Callable[..., Sensors], hef: Path, tmp_path: Path,
 ) -> None:
@@ -56,11 +63,10 @@ def test_overload_sheds_with_overloaded_and_stays_flat(
     assert w.proc is not None
     sampler = Sampler(w.proc.pid, interval_s=0.2).start()
     watch = QueueWatch(metrics_port)
-    pub = sensors([f"o{i}" for i in range(8)]).start(rate=RATE, duration=SECONDS,
-                                                    also=["overloaded"])
+    pub = sensors([f"o{i}" for i in range(8)]).start(rate=RATE, duration=SECONDS)
     pub.join()
     published_in = time.monotonic()
-    ledger.wait_complete(60)
+    ledger.wait_complete(90)
     drained_in = time.monotonic() - published_in
     watch.stop()
     sampler.stop()
@@ -68,17 +74,17 @@ def test_overload_sheds_with_overloaded_and_stays_flat(
     served = report.outcomes["result"]
     first, last = sampler.rss_mib(0.0, 0.25), sampler.rss_mib(0.75, 1.0)
     statuses = [d for _, d, _ in ledger.statuses if "queue_depth" in d]
-    print(f"\n{report.summary()}\n{sampler.describe()}; served {served / SECONDS:.0f}/s of "
-          f"{report.published / SECONDS:.0f}/s offered; queue depth max "
-          f"{max(watch.depths):.0f} over {len(watch.depths)} polls; answers all in "
+    print(f"\n{report.summary()}\n{sampler.describe()}; served {served} of {report.published} "
+          f"offered at {report.published / SECONDS:.0f}/s; queue depth max "
+          f"{max(watch.depths):.0f} over {len(watch.depths)} polls; the backlog answered "
           f"{drained_in:.2f} s after the last publish")
     report.assert_clean()
-    assert set(report.outcomes) == {"result", "overloaded"}
-    assert report.outcomes["overloaded"] > report.published / 2  # most of the excess is shed
-    assert served > 0.5 * BATCH / (DEVICE_MS / 1000) * SECONDS  # and the device kept busy
+    assert report.outcomes == {"result": report.published}  # nothing shed: it waited its turn
+    # The device kept busy: the backlog drained at about its capacity.
+    capacity = BATCH / (DEVICE_MS / 1000)
+    assert report.published / (SECONDS + drained_in) > 0.5 * capacity
     assert max(watch.depths) <= QUEUE_MAX and len(watch.depths) > 50
     assert all(d["queue_depth"] <= QUEUE_MAX for d in statuses)
-    # A served window waited for at most a full queue ahead of it, plus its own batch.
-    assert max(report.worker_latency_ms) < 1000
-    assert max(first) < min(first) + RSS_GROWTH_MIB
-    assert max(last) - min(first) < RSS_GROWTH_MIB, sampler.describe()
+    assert any(d.get("backpressure") for d in statuses)
+    allowed = RSS_GROWTH_MIB + report.published * BACKLOG_KIB_PER_WINDOW / 1024
+    assert max(last) - min(first) < allowed, sampler.describe()

@@ -49,6 +49,9 @@ WHEEL_HINT = (
 )
 
 
+CLOSE_WAIT_S = 5.0
+
+
 class _Refused(Exception):
     """The device will never run this HEF (not a passing fault): ConfigError at start."""
 
@@ -429,11 +432,18 @@ class HailoBackend:
             return None
 
     def close(self) -> None:
-        with self._lock:
+        # A reopen or batch start hung in the driver holds the lock: waiting for it would
+        # hang the shutdown too. The process is ending; the OS releases the device.
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            log.warning("hailo device busy in a call that hangs; leaving it to the OS")
+            return
+        try:
             self._release(self._open)
             self._open = None
             if self.unavailable_reason is None:
                 self.unavailable_reason = "closed"
+        finally:
+            self._lock.release()
 
 
 def _left_ms(deadline: float) -> int:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FIELDS = ("seq", "open_fails", "device_lost", "hang", "timeouts_next_n", "fail_next_n",
-          "latency_ms", "per_frame_ms", "temperature_c", "arch", "async_queue_size")
+FIELDS = ("seq", "open_fails", "open_hangs", "device_lost", "hang", "timeouts_next_n",
+          "fail_next_n", "latency_ms", "per_frame_ms", "temperature_c", "arch", "async_queue_size")
 
 # In-process record of what reached the "device" (also written to HAILO_DOUBLE_LOG).
 events: deque[dict[str, Any]] = deque(maxlen=100_000)
@@ -37,6 +37,7 @@ events: deque[dict[str, Any]] = deque(maxlen=100_000)
 @dataclass(frozen=True)
 class Faults:
     open_fails: bool = False
+    open_hangs: bool = False
     device_lost: str | None = None  # None, "driver" or "closed"
     hang: bool = False
     latency_ms: float = 1.0
@@ -108,6 +109,7 @@ class _Control:
         queue = doc.get("async_queue_size")
         return Faults(
             open_fails=bool(doc.get("open_fails", False)),
+            open_hangs=bool(doc.get("open_hangs", False)),
             device_lost=lost or None,
             hang=bool(doc.get("hang", False)),
             latency_ms=float(doc.get("latency_ms", env[0] or 1.0)),

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import os
 import threading
+import time
 from typing import Any, Literal
 
 from hailo_platform._double.control import control, record
@@ -82,6 +83,11 @@ class VDevice:
         self._params = params if params is not None else VDevice.create_params()
         self._creation_pid = os.getpid()
         faults = control.faults()
+        if faults.open_hangs:
+            record("vdevice_open_hangs")
+            while faults.open_hangs:  # a wedged driver: open() returns when it is cleared
+                time.sleep(0.05)
+                faults = control.faults()
         if faults.open_fails or faults.device_lost:
             record("vdevice_open_failed", reason="no device")
             raise status_error("HAILO_OUT_OF_PHYSICAL_DEVICES", "no Hailo device found")
