@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pip cannot: Mosquitto (broker and clients), jq, curl, openssl, ss and Prometheus,
-# from Debian. Idempotent: does nothing when they are already there.
+# and for the network-fault tests ip (netns, veth) and nft, from Debian. Idempotent: does
+# nothing when they are already there.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -13,6 +14,9 @@ command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 # tests/test_prometheus.py runs prometheus and promtool (both in this package) as plain processes
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
     || missing+=(prometheus)
+# tests/reliability/test_network_faults.py: `ip netns` and a veth pair (iproute2, above, with ss)
+# and nft rules inside it
+{ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; } || missing+=(nftables)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -6,6 +6,8 @@ A WebSocket listener (``protocol websockets`` in its block) is the exception: Mo
 hands the address to libwebsockets as an *interface name*, so ``127.0.0.1`` listens on every
 interface (``*:port`` in ``ss -ltn``) while the interface name ``lo`` listens on loopback only
 (``[::ffff:127.0.0.1]:port``); such listeners are rewritten to ``listener <free> lo``.
+For the network-fault tests the other listeners can bind the host end of a veth pair too, on
+the same free port: Mosquitto binds one socket per ``listener PORT ADDRESS`` line.
 Started as root the broker drops to the ``mosquitto`` user, which cannot read pytest's private
 tmp dirs, so ``user`` lines are replaced by ``user root`` (a no-op when not run as root).
 """
@@ -37,11 +39,15 @@ def free_port() -> int:
 
 
 def rewrite_config(
-    text: str, substitutions: Mapping[str, str] | None = None, ports: dict[int, int] | None = None
+    text: str, substitutions: Mapping[str, str] | None = None, ports: dict[int, int] | None = None,
+    also_on: Sequence[str] = (),
 ) -> tuple[str, dict[int, int]]:
     """Return the text for loopback use and the map {port in the text: port now used}.
 
     ``ports`` collects the listeners of several files (a main config and its includes).
+    ``also_on``: more addresses each (non-WebSocket) listener binds as well, on the same port.
+    Options after a listener line apply to the last of its copies (they are global without
+    ``per_listener_settings``, as in mosquitto/dev.conf).
     """
     ports = {} if ports is None else ports
     for old, new in (substitutions or {}).items():
@@ -58,7 +64,9 @@ def rewrite_config(
         while port in ports.values():  # the OS may hand out the same free port twice
             port = free_port()
         ports[int(match.group(1))] = port
-        return f"listener {port} {'lo' if match.start() in websockets else '127.0.0.1'}"
+        if match.start() in websockets:
+            return f"listener {port} lo"
+        return "\n".join(f"listener {port} {address}" for address in ("127.0.0.1", *also_on))
 
     return _USER.sub("", _LISTENER.sub(loopback, text)), ports
 
@@ -161,18 +169,20 @@ def start_broker(
     conf_d: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    also_on: Sequence[str] = (),
 ) -> Broker:
     """Write ``config_text`` (rewritten for loopback) to ``workdir`` and start Mosquitto on it.
 
     ``conf_d`` files go, rewritten the same way, to ``workdir/conf.d`` (their listeners are
     waited for too). ``command`` replaces ``mosquitto -c <config>``; it gets the config path
-    as ``MOSQUITTO_CONF``.
+    as ``MOSQUITTO_CONF``. ``also_on``: addresses every listener binds besides loopback.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    text, ports = rewrite_config(config_text, substitutions)
+    text, ports = rewrite_config(config_text, substitutions, also_on=also_on)
     for name, extra in (conf_d or {}).items():
         (workdir / "conf.d").mkdir(exist_ok=True)
-        (workdir / "conf.d" / name).write_text(rewrite_config(extra, substitutions, ports)[0])
+        (workdir / "conf.d" / name).write_text(
+            rewrite_config(extra, substitutions, ports, also_on)[0])
     if not ports:
         raise ValueError("the config has no listener line")
     config_path = workdir / "mosquitto.conf"

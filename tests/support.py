@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,20 @@ class Collector:
 
 
 class ChildProcess:
-    """A process of ours under test: its log, and the ways to end it."""
+    """A process of ours under test: its log, and the ways to end it.
+
+    ``prefix`` goes before the command line: `NetNamespace.command` puts the process in a
+    network namespace (tests/netfault.py) with `ip netns exec`, which execs it (same pid).
+    """
 
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    prefix: Sequence[str] = ()
+
+    def _popen(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen([*self.prefix, *argv], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -151,8 +161,9 @@ class WorkerProcess(ChildProcess):
     """The real `hailo-worker` as a child process (`python -m worker`)."""
 
     def __init__(self, port: int, worker_id: str | None = None, log_dir: Path | None = None,
-                 **settings: Any) -> None:
+                 *, prefix: Sequence[str] = (), **settings: Any) -> None:
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:6]}"
+        self.prefix = list(prefix)
         self.env = {
             **os.environ,
             "MQTT_HOST": "127.0.0.1",
@@ -170,29 +181,29 @@ class WorkerProcess(ChildProcess):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker"], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, cwd=REPO,
-            )
+        self.proc = self._popen([sys.executable, "-m", "worker"], self.env)
         return self
 
 
-
 class BridgeProcess(ChildProcess):
-    """The real `hailo-bridge` as a child process, on a free loopback port."""
+    """The real `hailo-bridge` as a child process, on a free port of `http_host` (loopback, or
+    a network namespace's veth address when `prefix` puts it in one)."""
 
-    def __init__(self, mqtt_port: int, log_dir: Path | None = None, **settings: Any) -> None:
+    def __init__(self, mqtt_port: int, log_dir: Path | None = None, *,
+                 http_host: str = "127.0.0.1", prefix: Sequence[str] = (),
+                 **settings: Any) -> None:
         from broker_util import free_port
 
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.http_host = http_host
+        self.prefix = list(prefix)
+        self.url = f"http://{http_host}:{self.port}"
         self.client_id = str(settings.pop("bridge_client_id", f"bridge-{uuid.uuid4().hex[:6]}"))
         self.env = {
             **os.environ,
             "MQTT_HOST": "127.0.0.1",
             "MQTT_PORT": str(mqtt_port),
-            "BRIDGE_HOST": "127.0.0.1",
+            "BRIDGE_HOST": http_host,
             "BRIDGE_PORT": str(self.port),
             "BRIDGE_CLIENT_ID": self.client_id,
             "STATUS_INTERVAL_S": "1",  # as WorkerProcess
@@ -203,11 +214,7 @@ class BridgeProcess(ChildProcess):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> BridgeProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.bridge.cli"], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, cwd=REPO,
-            )
+        self.proc = self._popen([sys.executable, "-m", "worker.bridge.cli"], self.env)
         try:
             wait_until(self._answers, timeout, f"the bridge to listen on {self.port}")
         except AssertionError:
@@ -222,5 +229,25 @@ class BridgeProcess(ChildProcess):
         if self.proc.poll() is not None:
             raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+            return s.connect_ex((self.http_host, self.port)) == 0
+
+
+class SimProcess(ChildProcess):
+    """The real `hailo-sim` as a child process; `args` are its flags (`--sensors`, `--rate`...)."""
+
+    def __init__(self, mqtt_port: int, args: Iterable[str], log_dir: Path | None = None, *,
+                 prefix: Sequence[str] = (), name: str | None = None,
+                 **settings: Any) -> None:
+        self.args = list(args)
+        self.prefix = list(prefix)
+        self.name = name or f"sim-{uuid.uuid4().hex[:6]}"
+        self.env = {**os.environ, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(mqtt_port),
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.update({k.upper(): str(v) for k, v in settings.items()})
+        self.log_path = (log_dir or Path("/tmp")) / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SimProcess:
+        self.proc = self._popen([sys.executable, "-m", "worker.sim", *self.args], self.env)
+        return self
 
