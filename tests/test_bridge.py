@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -242,6 +243,64 @@ def test_body_over_the_limit_gets_413_declared_or_streamed(http: httpx.Client) -
 
     r = http.post("/infer", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "more than" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+    ids=["text", "form", "multipart", "none"],
+)
+def test_a_body_that_is_not_declared_json_gets_415(
+    http: httpx.Client, system: System, content_type: str | None
+) -> None:
+    """What a web page may POST cross-origin without a preflight is refused, body unread."""
+    body = json.dumps(SEED_BODY).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    r = http.post("/infer", content=body, headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"] == "unsupported_media_type"
+    assert "application/json" in r.json()["detail"]
+    assert r.headers["accept-post"] == "application/json"
+    # Parameters and case do not matter for a JSON body.
+    r = http.post("/infer", content=body,
+                  headers={"content-type": "Application/JSON; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_half_sent_headers_and_a_trickled_body_do_not_hold_the_bridge(
+    http: httpx.Client,
+) -> None:
+    """A slow-loris client is cut off: its head within HEADER_TIMEOUT_S, its body within
+    BODY_TIMEOUT_S; meanwhile and afterwards everyone else is answered."""
+    from worker.bridge.server import BODY_TIMEOUT_S, HEADER_TIMEOUT_S
+
+    host, port = http.base_url.host, http.base_url.port or 80
+    loris = []
+    for _ in range(51):
+        s = socket.create_connection((host, port))
+        s.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/")
+        loris.append(s)
+    started = time.monotonic()
+    assert http.post("/infer", json=SEED_BODY).status_code == 200
+    for s in loris:
+        s.settimeout(HEADER_TIMEOUT_S + 5)
+        assert s.recv(100) == b"", "the bridge kept a half-sent request head open"
+        s.close()
+    took = time.monotonic() - started
+    assert HEADER_TIMEOUT_S - 1 < took < HEADER_TIMEOUT_S + 5, took
+
+    body = json.dumps(SEED_BODY).encode()
+    s = socket.create_connection((host, port))
+    s.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
+    s.settimeout(BODY_TIMEOUT_S + 5)
+    reply = b""
+    while chunk := s.recv(4096):  # the bridge closes the connection after its answer
+        reply += chunk
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"body_timeout" in reply
+    assert http.get("/healthz").status_code == 200
 
 
 # -- robustness -------------------------------------------------------------------------------

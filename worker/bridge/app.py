@@ -32,6 +32,7 @@ from worker.bridge.models import (
     result_model,
 )
 from worker.bridge.mqtt import BridgeMqtt, BridgeUnavailable
+from worker.bridge.server import BODY_TIMEOUT_S
 from worker.settings import BridgeSettings
 
 log = logging.getLogger("worker.bridge")
@@ -75,8 +76,32 @@ def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": InvalidBody if s == 422 else ErrorBody} for s in statuses}
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the body says it is JSON.
+
+    A web page can POST `text/plain` or a form to any address without a CORS preflight, so a
+    bridge that took those would answer inferences for any page a LAN user opens. Requiring
+    `application/json` (or `application/*+json`) makes the browser ask first, and we never say yes.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    if kind == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return
+    shown = media or "none"
+    raise HttpError(415, "unsupported_media_type", f"The body's Content-Type is {shown}; /infer "
+                    "takes application/json.", {"Accept-Post": "application/json"})
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to pass `limit` (before it is all read)."""
+    """The whole body within BODY_TIMEOUT_S, or 413 as soon as it is known to pass `limit`."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise HttpError(408, "body_timeout", f"The body did not arrive within {BODY_TIMEOUT_S:g} "
+                        "s.", {"Connection": "close"}) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
@@ -177,7 +202,7 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         responses={
             200: {"model": result,
                   "description": "The worker's result."},
-            **_error_responses(*auth_statuses, 413, 422, 502, 503, 504),
+            **_error_responses(*auth_statuses, 408, 413, 415, 422, 502, 503, 504),
         },
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": body_model.model_json_schema(),
@@ -185,6 +210,7 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         }}}},
     )
     async def infer(request: Request) -> Response:
+        require_json(request.headers.get("content-type"))
         raw = await read_body(request, limit)
         try:
             rows = body_model.model_validate_json(raw).x

@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from worker.bridge.app import create_app
     from worker.bridge.mqtt import BridgeMqtt
+    from worker.bridge.server import LIMIT_CONCURRENCY, HeaderTimeoutH11
 
     try:
         bridge = BridgeMqtt(settings)
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.log_level == "DEBUG",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        http=HeaderTimeoutH11,
+        limit_concurrency=LIMIT_CONCURRENCY,
     )
     return 0
 
