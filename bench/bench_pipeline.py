@@ -11,6 +11,11 @@ process under test and a load generator (bench/load.py), then prints one table:
             per window, each as a ratio to the relay's; relay and worker runs alternate
   latency   the worker's round trip p50/p99 at 200 windows/s and at 80% of its measured
             capacity, with a steady-rate publisher
+  burst     open loop, as sensors load it after a reconnect: 20,000 windows published as fast as
+            the broker acknowledges them, nobody waiting for answers; relay and worker
+            alternate. Every window must be answered with a result
+  backlog   a worker killed (-9) while 6,000 windows are published, then restarted: its
+            persistent session hands it the whole backlog at once; all must be answered
   device    the worker on the HailoRT test double (per-batch latency L + p x frames): windows/s
             against the double's capacity at the batch size, and how busy it was kept; and on
             a double that takes no time, the most this host can feed any device
@@ -55,7 +60,7 @@ sys.path.insert(0, str(REPO / "tests" / "hailo_double"))
 from broker_util import Broker, start_broker  # noqa: E402
 from pipeline_report import candidates, devices, kind_of, median, table  # noqa: E402
 
-SCENARIOS = ("ceiling", "worker", "latency", "device")
+SCENARIOS = ("ceiling", "worker", "burst", "backlog", "latency", "device")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
                    help="short runs (2 s measured, 1 s warm-up): the `make bench` default")
     p.add_argument("--outstanding", type=int, default=128,
                    help="windows kept unanswered by the saturating publisher (128)")
+    p.add_argument("--burst", type=int, default=20000, help="windows in a burst (20000)")
+    p.add_argument("--backlog", type=int, default=6000,
+                   help="windows published while the worker is down (6000)")
     p.add_argument("--light-rate", type=float, default=200.0, help="light load, windows/s")
     p.add_argument("--load-fraction", type=float, default=0.8,
                    help="heavy latency load as a fraction of measured capacity (0.8)")
@@ -172,7 +180,7 @@ class Bench:
 
     @contextmanager
     def worker(self, variant: str = "", **settings: str) -> Iterator[subprocess.Popen[str]]:
-        worker_id = f"bench-{uuid.uuid4().hex[:6]}"
+        worker_id = settings.pop("WORKER_ID", f"bench-{uuid.uuid4().hex[:6]}")
         env = {**os.environ, "MQTT_HOST": "127.0.0.1", "MQTT_PORT": str(self.broker.port),
                "WORKER_ID": worker_id, "METRICS_PORT": "0",
                # Each run is a new worker id: a persistent session left behind would have the
@@ -186,7 +194,7 @@ class Bench:
             if name == "PYTHONPATH" and env.get(name):  # a patched worker and the double
                 value = os.pathsep.join((value, env[name]))
             env[name] = value
-        log = (self.workdir / f"{worker_id}.log").open("w")
+        log = (self.workdir / f"{worker_id}.log").open("a")
         proc = subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=self.workdir,
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
@@ -222,22 +230,59 @@ class Bench:
                     filter(None, [str(REPO / "tests" / "hailo_double"),
                                   os.environ.get("PYTHONPATH")]))}
 
+    def backlog(self, variant: str) -> None:
+        """kill -9, a backlog published to the worker's persistent session, then a restart."""
+        a = self.args
+        worker_id = f"bench-backlog-{uuid.uuid4().hex[:6]}"
+        persistent = {"SESSION_EXPIRY_S": "600", "WORKER_ID": worker_id}
+        with self.worker(variant, **persistent) as worker:
+            worker.kill()
+            worker.wait()
+        published = self.workdir / f"{worker_id}.published"
+        load = self.spawn_load("bin", None, "--mode", "burst", "--count", str(a.backlog),
+                               "--published-file", str(published))
+        try:
+            wait_for(lambda: published.exists() or load.poll() is not None, 120,
+                     "the backlog to be published")
+            restarted = time.monotonic()
+            with self.worker(variant, **persistent):
+                run = self.finish_load(kind_of("backlog", variant), "bin", load, None)
+        finally:
+            _stop(load)
+        run["drain_s"] = run["last_answer_clock"] - restarted
+        print(f"  {'':<24} answered {run['answered']} of {a.backlog} in {run['drain_s']:.1f} s "
+              "after the restart", file=sys.stderr, flush=True)
+        _forget_session(self.broker.port, worker_id)
+
     def load(self, kind: str, form: str, target: subprocess.Popen[str] | None,
              *extra: str) -> dict[str, Any]:
+        return self.finish_load(kind, form, self.spawn_load(form, target, *extra), target)
+
+    def spawn_load(self, form: str, target: subprocess.Popen[str] | None,
+                   *extra: str) -> subprocess.Popen[str]:
         a = self.args
         cmd = [sys.executable, str(BENCH / "load.py"), "--port", str(self.broker.port),
                "--form", form, "--warmup", str(a.warmup), "--duration", str(a.duration),
                "--outstanding", str(a.outstanding), "--pid", f"broker={_pid(self.broker)}", *extra]
         if target is not None:
             cmd += ["--pid", f"target={target.pid}"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
-        if out.returncode != 0:
-            raise RuntimeError(f"load.py failed ({kind}): {out.stderr.strip()[-2000:]}")
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish_load(self, kind: str, form: str, load: subprocess.Popen[str],
+                    target: subprocess.Popen[str] | None) -> dict[str, Any]:
+        """The load's report (a target started after the load is not measured: the backlog)."""
+        timeout = self.args.duration + 180
+        try:
+            stdout, stderr = load.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            raise RuntimeError(f"load.py ({kind}) did not finish in {timeout:.0f} s") from None
+        if load.returncode != 0:
+            raise RuntimeError(f"load.py failed ({kind}): {stderr.strip()[-2000:]}")
         run = {"kind": kind, "form": form, "round": self.round,
-               "background_before": self.background,
-               **json.loads(out.stdout)}
+               "background_before": self.background, **json.loads(stdout)}
         self.runs.append(run)
-        print(f"  {kind:<18} {form:<5} {_summary(run)}", file=sys.stderr, flush=True)
+        print(f"  {kind:<24} {form:<5} {_summary(run)}", file=sys.stderr, flush=True)
         return run
 
 
@@ -246,6 +291,29 @@ def host_busy() -> float:
     t = psutil.cpu_times()
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
                  - getattr(t, "guest_nice", 0.0))
+
+
+def wait_for(done: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _forget_session(port: int, client_id: str) -> None:
+    """End a persistent session, or the broker would queue every later window for it."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    client.connect("127.0.0.1", port, clean_start=True, properties=props)
+    client.loop_start()
+    client.disconnect()
+    client.loop_stop()
 
 
 def _pid(broker: Broker) -> int:
@@ -275,6 +343,8 @@ def _summary(run: dict[str, Any]) -> str:
         text += f"  busy {run['device_busy']:.2f} batch {run.get('mean_batch', 0):.1f}"
     if run["errors"]:
         text += f"  ERRORS {run['errors']}"
+    if run.get("unanswered"):
+        text += f"  UNANSWERED {run['unanswered']}"
     return text
 
 
@@ -301,11 +371,35 @@ def execute(bench: Bench, scenarios: set[str], forms: list[str]) -> None:
                     bench.settle()
                     with bench.worker(v) as worker:
                         bench.load(kind_of("worker", v), form, worker)
+    if scenarios & {"burst", "backlog"}:
+        print(f"open loop ({a.burst} windows at the broker's pace; relay and worker alternate) "
+              f"and restart backlog ({a.backlog} windows):", file=sys.stderr)
+        burst = ("--mode", "burst", "--count", str(a.burst))
+        for rep in range(a.repeats):
+            bench.round = 2 * a.repeats + rep
+            print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
+            if "burst" in scenarios:
+                bench.settle()
+                with bench.relay() as relay:
+                    bench.load("relay burst", "bin", relay, *burst)
+                for v in variants:
+                    bench.settle()
+                    with bench.worker(v) as worker:
+                        bench.load(kind_of("burst", v), "bin", worker, *burst)
+            for v in variants if "backlog" in scenarios else []:
+                bench.settle()
+                bench.backlog(v)
     if scenarios & {"latency", "device"}:
         print("latency (steady publisher) and device-bound (saturating):", file=sys.stderr)
         for rep in range(a.repeats):
             bench.round = a.repeats + rep
             print(f" round {rep + 1}/{a.repeats}", file=sys.stderr)
+            if "latency" in scenarios:
+                for form in forms:
+                    bench.settle()
+                    with bench.relay() as relay:
+                        bench.load("relay latency-light", form, relay, "--mode", "rate",
+                                   "--rate", f"{a.light_rate:.0f}", "--latency")
             for v in variants if "latency" in scenarios else []:
                 for form in forms:
                     capacity = median(bench.runs, kind_of("worker", v), form, "rate")

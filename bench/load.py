@@ -2,6 +2,7 @@
 
     python bench/load.py --port PORT --mode closed --outstanding 128 --duration 5 ...
     python bench/load.py --port PORT --mode rate --rate 200 --latency ...
+    python bench/load.py --port PORT --mode burst --count 20000 ...
 
 `closed` (saturating): keeps --outstanding windows unanswered at all times, a new one for each
 answer, so whatever sits between publisher and subscriber runs flat out and its queue never
@@ -50,10 +51,17 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--mode", choices=["closed", "rate"], default="closed")
+    p.add_argument("--mode", choices=["closed", "rate", "burst"], default="closed")
     p.add_argument("--outstanding", type=int, default=128,
                    help="closed mode: windows kept unanswered (default 128)")
     p.add_argument("--rate", type=float, default=200.0, help="rate mode: windows per second")
+    p.add_argument("--count", type=int, default=20000, help="burst mode: windows (20000)")
+    p.add_argument("--inflight", type=int, default=20,
+                   help="burst mode: windows sent but not yet acknowledged by the broker (20)")
+    p.add_argument("--answer-timeout", type=float, default=120.0,
+                   help="burst mode: longest wait for the last answer, in seconds (120)")
+    p.add_argument("--published-file", type=Path,
+                   help="burst mode: written once every window is acknowledged by the broker")
     p.add_argument("--form", choices=["bin", "lists"], default="bin",
                    help="compact msgpack bin, or msgpack list of lists")
     p.add_argument("--sensors", type=int, default=8, help="sensor ids used round robin")
@@ -171,8 +179,48 @@ class Load:
         c.flush()
         return answers
 
+    def burst(self, pids: dict[str, psutil.Process]) -> dict[str, Any]:
+        """Open loop: everything sent at the broker's pace, answers awaited only at the end."""
+        a, c = self.args, self.client
+        pids = {"load": psutil.Process(), **pids}
+        gc.collect()
+        gc.freeze()
+        cpu0 = {n: _cpu(p) for n, p in pids.items()}
+        ctx0 = {n: _switches(p) for n, p in pids.items()}
+        host0 = _host_busy()
+        self.t0, self.measuring = time.perf_counter(), True
+        while self.seq < a.count:
+            while self.seq < a.count and self.seq - c.acked < a.inflight:
+                self.publish()
+            self.pump(0.05)
+        while c.acked < a.count:
+            self.pump(0.05)
+        published_s = time.perf_counter() - self.t0
+        if a.published_file is not None:
+            a.published_file.write_text(f"{a.count}\n")
+        deadline = time.monotonic() + a.answer_timeout
+        last = time.perf_counter()
+        while self.total.answered + self.total.errors < a.count and time.monotonic() < deadline:
+            if self.pump(0.05):
+                last = time.perf_counter()
+        self.measuring, self.t1 = False, last
+        cpu1 = {n: _cpu(p) for n, p in pids.items()}
+        ctx1 = {n: _switches(p) for n, p in pids.items()}
+        host1 = _host_busy()
+        self.client.close()
+        report = self._report(cpu0, cpu1)
+        report["published_s"] = published_s
+        report["last_answer_clock"] = last
+        report["switches_per_window"] = {
+            n: (ctx1[n] - ctx0[n]) / max(report["answered"] + report["errors"], 1) for n in ctx0}
+        report["others_cores"] = (host1 - host0 - sum(report["cpu_s"].values())) / (
+            report["elapsed_s"])
+        return report
+
     def run(self, pids: dict[str, psutil.Process]) -> dict[str, Any]:
         a = self.args
+        if a.mode == "burst":
+            return self.burst(pids)
         pids = {"load": psutil.Process(), **pids}
         gc.collect()
         gc.freeze()  # a full collection would land in the latency figures
