@@ -44,6 +44,7 @@ smoke:
 
 bench: install system-deps
 	$(BIN)/python bench/bench_pipeline.py --quick
+	$(BIN)/python bench/bench_overload.py
 	$(BIN)/python bench/bench_worker_cost.py
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_bridge.py

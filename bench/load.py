@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.5, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--latency", action="store_true", help="decode answers, time round trips")
+    p.add_argument("--drain", type=float, default=5.0,
+                   help="seconds to wait for the last answers after the measured interval (5)")
     p.add_argument("--device", metavar="MS,PER_FRAME_MS",
                    help="decode answers and add up a device double's busy time from their "
                    "batch_size (implies --latency)")
@@ -102,6 +104,7 @@ class Tally:
     answered: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    by_worker: dict[str, list[float]] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     device_busy_s: float = 0.0
 
@@ -156,6 +159,7 @@ class Load:
         # Round trips follow the windows sent in the interval, however late they come back.
         if sent is not None and self.t0 <= sent <= self.t1:
             w.latencies.append(now - sent)
+            w.by_worker.setdefault(str(doc.get("worker_id")), []).append(now - sent)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class Load:
                     next_due += interval
                 self.client.flush()
                 self.pump(max(0.0, min(next_due, boundary) - now))
-        self._drain(5.0)
+        self._drain(a.drain)
         self.client.close()
         report = self._report(cpu0, cpu1)
         report["switches_per_window"] = {
@@ -287,15 +291,22 @@ class Load:
             "cpu_us_per_window": {n: (cpu1[n] - cpu0[n]) / max(answers, 1) * 1e6 for n in cpu0},
         }
         if w.latencies:
-            lat = sorted(w.latencies)
-            out["latency_ms"] = {q: lat[min(len(lat) - 1, int(len(lat) * f))] * 1000
-                                 for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
-            out["latency_samples"] = len(lat)
+            out["latency_ms"] = _quantiles(w.latencies)
+            out["latency_samples"] = len(w.latencies)
+        if len(w.by_worker) > 1:
+            out["by_worker"] = {k: {"answered": len(v), **_quantiles(v)}
+                                for k, v in sorted(w.by_worker.items())}
         if w.batch_sizes:
             out["mean_batch"] = sum(w.batch_sizes) / len(w.batch_sizes)
         if self.device is not None:
             out["device_busy"] = w.device_busy_s / elapsed
         return out
+
+
+def _quantiles(seconds: list[float]) -> dict[str, float]:
+    lat = sorted(seconds)
+    return {q: lat[min(len(lat) - 1, int(len(lat) * f))] * 1000
+            for q, f in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
 
 
 def _switches(proc: psutil.Process) -> int:
