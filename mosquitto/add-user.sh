@@ -131,8 +131,8 @@ EOF
             echo "topic write infer/+/summary"
             echo "topic write hailo/$name/status"
             echo "topic write reply/#"
-            echo "topic write $ha/#"
-            echo "topic read $ha/status"
+            # Discovery configs; reading them back is how --ha-forget finds the sensors'.
+            echo "topic readwrite $ha/#"
             ;;
         bridge)
             echo "user $name"

@@ -15,9 +15,11 @@ Mosquitto handles packets in order, so a leaked message would be there before it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
+import queue
 import secrets
 import select
 import shutil
@@ -324,6 +326,53 @@ def test_smoke_script_passes_against_the_production_broker(
         cleaner.publish("hailo/worker-pi1/status", b"", retain=True)
         cleaner.publish("infer/s2/summary", b"", retain=True)
         cleaner.close()
+
+
+def test_home_assistant_discovery_through_the_production_broker(
+    prod_broker: Broker, tmp_path: Path
+) -> None:
+    """The real worker, logged in as its user, announces itself and a sensor under the prefix;
+    `--ha-forget` finds them again (the worker role reads the prefix) and clears them; a sensor
+    reads none of it."""
+    ep = Endpoint("tcp", 0, None).on(prod_broker)
+    observer, s1, s2 = Peer(ep, "observer"), Peer(ep, "s1"), Peer(ep, "s2")
+    for peer in (observer, s1, s2):
+        assert peer.connect() == SUCCESS
+    observer.subscribe("homeassistant/#")  # another worker: the role that may read the prefix
+    s1.subscribe("homeassistant/#")
+    creds = {"mqtt_username": "worker-pi1", "mqtt_password": PASSWORDS["worker-pi1"]}
+    w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, ha_discovery="true",
+                      summary_interval_s="0.2", **creds).start()
+    try:
+        wait_for(lambda: w.log().count("serving imu/+/window") == 1, "the worker serving", 20)
+        assert s2.publish("imu/s2/window", encode_window(
+            np.zeros((100, 9), np.float32), seq=1)) == SUCCESS
+        done = marker()
+        configs: dict[str, bytes] = {}
+        deadline = time.monotonic() + 10
+        while len(configs) < 10 and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                topic, payload = observer.inbox.get(timeout=0.2)
+                configs[topic] = payload
+        assert len(configs) == 10, sorted(configs)
+        assert sum("/hailo_sensor_s2/" in t for t in configs) == 3
+    finally:
+        w.stop()
+    forget = subprocess.run([sys.executable, "-m", "worker", "--ha-forget"], env=w.env,
+                            capture_output=True, text=True, timeout=60)
+    assert forget.returncode == 0, forget.stderr
+    assert forget.stdout.startswith("removed 10 ")
+    assert observer.publish("homeassistant/done", done) == SUCCESS
+    cleared = {t for t, p in observer.until(done) if p == b"" and t.endswith("/config")}
+    assert cleared == set(configs)
+    assert s1.inbox.empty()  # twenty configs and removals went by: a sensor got none
+    for peer in (observer, s1, s2):
+        peer.close()
+    cleaner = Peer(ep, "worker-pi1")
+    assert cleaner.connect() == SUCCESS
+    for topic in ("hailo/worker-pi1/status", "infer/s2/summary"):
+        cleaner.publish(topic, b"", retain=True)
+    cleaner.close()
 
 
 def test_worker_cannot_publish_windows(connect: Callable[..., Peer]) -> None:
@@ -739,18 +788,18 @@ def test_add_user_keeps_the_home_assistant_prefix_it_was_given(tmp_path: Path) -
     env.pop("HA_DISCOVERY_PREFIX", None)
     add_user(env, "pi", "worker", "pw")
     acl = (tmp_path / "acl").read_text()
-    assert "topic write homeassistant/#\ntopic read homeassistant/status\n" in acl
+    assert "topic readwrite homeassistant/#\n" in acl
     subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": "site/ha"},
                    check=True, capture_output=True)
     add_user(env, "s1", "sensor", "pw")  # no variable now: the recorded prefix stays
     acl = (tmp_path / "acl").read_text()
-    assert "topic write site/ha/#\ntopic read site/ha/status\n" in acl
+    assert "topic readwrite site/ha/#\n" in acl
     assert "homeassistant" not in acl
     for bad in ("ha/#", "+", "/ha", "ha//x", "$SYS"):
         done = subprocess.run([str(ADD_USER), "--sync"], env={**env, "HA_DISCOVERY_PREFIX": bad},
                               capture_output=True, text=True)
         assert done.returncode == 2 and "HA_DISCOVERY_PREFIX" in done.stderr, bad
-    assert "topic write site/ha/#\n" in (tmp_path / "acl").read_text()
+    assert "topic readwrite site/ha/#\n" in (tmp_path / "acl").read_text()
 
 
 def test_add_user_prompts_without_echo_on_a_terminal(tmp_path: Path) -> None:

@@ -44,8 +44,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="load the backend, run one window, print shapes, device and timing; "
                    "exit 0 when it works, 2 when it does not")
+    p.add_argument("--ha-forget", action="store_true",
+                   help="remove what HA_DISCOVERY announced to Home Assistant (this worker and "
+                   "the sensors' devices) and exit; run it with the worker stopped")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def ha_forget(settings: WorkerSettings) -> int:
+    from worker.ha_discovery import forget
+
+    try:
+        removed = forget(settings)
+    except ConnectionError as exc:
+        print(f"{PROG}: --ha-forget failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {removed} Home Assistant discovery configs under "
+          f"{settings.ha_discovery_prefix}/")
+    return 0
 
 
 def check(settings: WorkerSettings) -> int:
@@ -83,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     if args.check:
         return check(settings)
+    if args.ha_forget:
+        return ha_forget(settings)
 
     from worker.service import build  # keeps --help and --print-config free of heavy imports
 

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from worker.backends.base import PIPELINE_DEPTH, Backend, InferenceError
 from worker.batcher import BatchQueue
 from worker.device import DeviceRunner
 from worker.flow import FlowControl
+from worker.ha_discovery import Discovery
 from worker.intake import Intake, Job
 from worker.metrics import WorkerMetrics
 from worker.mqtt_link import MqttLink, frozen
@@ -74,12 +76,21 @@ class Worker:
         self._status_sent = (0.0, False)  # when, and with which backpressure
         self._serving = False  # batches wait until the warm-up is done
         self._drained = threading.Event()
+        # Retain Handling 2: a window someone published retained is never replayed to us.
+        subscriptions: list[tuple[str, int | SubscribeOptions]] = [(
+            settings.window_topic,
+            SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))]
+        self.discovery: Discovery | None = None
+        if settings.ha_discovery:
+            self.discovery = Discovery(
+                settings.ha_discovery_prefix, settings.worker_id, primary.model_id,
+                settings.status_topic, sensor_expire_s(settings))
+            # QoS 0: Home Assistant sends its birth so, and it needs no acknowledgement of ours.
+            subscriptions.append((self.discovery.birth_topic, 0))
         self.link = MqttLink(
             settings,
             client_id=settings.worker_id,
-            # Retain Handling 2: a window someone published retained is never replayed to us.
-            subscriptions=[(settings.window_topic, SubscribeOptions(
-                qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))],
+            subscriptions=subscriptions,
             clean_start=False,
             session_expiry_s=settings.session_expiry_s or 0,
             will=(settings.status_topic, will_payload(settings.worker_id)),
@@ -94,6 +105,8 @@ class Worker:
                                 self.summaries)
         self.intake = Intake(settings, self.link, self.flow, self.queue, self.answers)
         self.link.client.on_message = self.intake.on_message
+        if self.discovery is not None:
+            self.link.client.message_callback_add(self.discovery.birth_topic, self._on_birth)
         self.supervisor = Supervisor(primary, fallback, self.metrics, self._set_state,
                                      self.link.wake,
                                      hung_after_s=settings.device_timeout_ms / 1000 * 2 + 5)
@@ -191,6 +204,10 @@ class Worker:
         sent_at, sent_backpressure = self._status_sent
         if self.flow.backpressure != sent_backpressure and now - sent_at >= STATUS_MIN_GAP_S:
             self.publish_status()
+        if self.summaries.new:
+            if self.discovery is not None:
+                self._announce(self.discovery.new_sensors(self.summaries.new))
+            self.summaries.new.clear()
         for topic, payload in self.summaries.due(now):
             self.link.publish(topic, payload, qos=0, retain=True, props=self._status_props)
         if self.queue.closed and self.scheduler.idle and not self.flow.unanswered:
@@ -235,6 +252,21 @@ class Worker:
                 log.info("%d queued windows will come again with the resumed session", len(stale))
         # A restarted broker may have lost the retained status: say it again on every connect.
         self.publish_status()
+        if self.discovery is not None:  # and the discovery configs, for the same reason
+            self._announce(self.discovery.everything())
+
+    # -- Home Assistant ----------------------------------------------------------------------
+
+    def _announce(self, configs: Iterable[tuple[str, bytes]]) -> None:
+        for topic, payload in configs:
+            self.link.publish(topic, payload, qos=1, retain=True, props=self._status_props)
+
+    def _on_birth(self, client: Any, userdata: Any, msg: Any) -> None:
+        # Home Assistant asks every device to announce itself again when it (re)starts.
+        if self.discovery is not None and msg.payload == b"online":
+            log.info("Home Assistant started: announcing the worker and %d sensors again",
+                     len(self.discovery.announced))
+            self._announce(self.discovery.everything())
 
     def _on_disconnected(self, reason: str) -> None:
         self.metrics.connected.set(0)
@@ -244,6 +276,11 @@ class Worker:
         if isinstance(temperature, int | float):
             self.status.extra["temperature_c"] = round(float(temperature), 1)
             self.metrics.temperature.set(temperature)
+
+
+def sensor_expire_s(settings: WorkerSettings) -> int:
+    """How long Home Assistant keeps a silent sensor available: ten summaries' worth."""
+    return max(60, int(settings.summary_interval_s * 10))
 
 
 def _str_or_none(value: object) -> str | None:
