@@ -145,7 +145,8 @@ EOF
             echo "topic read hailo/+/status"
             ;;
         dashboard)
-            echo "# The denies take back what the patterns give every user: a dashboard only reads."
+            echo "# The denies take back what the patterns give every user: a dashboard only reads,"
+            echo "# but for Home Assistant's birth and will (Home Assistant logs in as a dashboard)."
             echo "user $name"
             echo "topic deny imu/$name/window"
             echo "topic deny reply/#"
@@ -153,6 +154,8 @@ EOF
             echo "topic read infer/+/error"
             echo "topic read infer/+/summary"
             echo "topic read hailo/+/status"
+            echo "topic read $ha/#"
+            echo "topic write $ha/status"
             ;;
         esac
     done

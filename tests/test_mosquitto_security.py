@@ -332,41 +332,50 @@ def test_home_assistant_discovery_through_the_production_broker(
     prod_broker: Broker, tmp_path: Path
 ) -> None:
     """The real worker, logged in as its user, announces itself and a sensor under the prefix;
-    `--ha-forget` finds them again (the worker role reads the prefix) and clears them; a sensor
+    Home Assistant, logged in as a dashboard, reads them and its birth message has them sent
+    again; `--ha-forget` finds them (the worker role reads the prefix) and clears them; a sensor
     reads none of it."""
     ep = Endpoint("tcp", 0, None).on(prod_broker)
-    observer, s1, s2 = Peer(ep, "observer"), Peer(ep, "s1"), Peer(ep, "s2")
-    for peer in (observer, s1, s2):
+    ha, s1, s2 = Peer(ep, "dashboard"), Peer(ep, "s1"), Peer(ep, "s2")
+    for peer in (ha, s1, s2):
         assert peer.connect() == SUCCESS
-    observer.subscribe("homeassistant/#")  # another worker: the role that may read the prefix
+    ha.subscribe("homeassistant/#")
     s1.subscribe("homeassistant/#")
     creds = {"mqtt_username": "worker-pi1", "mqtt_password": PASSWORDS["worker-pi1"]}
     w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, ha_discovery="true",
                       summary_interval_s="0.2", **creds).start()
+
+    def configs(n: int) -> dict[str, bytes]:
+        got: dict[str, bytes] = {}
+        deadline = time.monotonic() + 10
+        while len(got) < n and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                topic, payload = ha.inbox.get(timeout=0.2)
+                if topic.endswith("/config"):
+                    got[topic] = payload
+        return got
+
     try:
-        wait_for(lambda: w.log().count("serving imu/+/window") == 1, "the worker serving", 20)
+        wait_for(lambda: "serving imu/+/window" in w.log(), "the worker serving", 20)
         assert s2.publish("imu/s2/window", encode_window(
             np.zeros((100, 9), np.float32), seq=1)) == SUCCESS
-        done = marker()
-        configs: dict[str, bytes] = {}
-        deadline = time.monotonic() + 10
-        while len(configs) < 10 and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                topic, payload = observer.inbox.get(timeout=0.2)
-                configs[topic] = payload
-        assert len(configs) == 10, sorted(configs)
-        assert sum("/hailo_sensor_s2/" in t for t in configs) == 3
+        first = configs(10)
+        assert len(first) == 10, sorted(first)
+        assert sum("/hailo_sensor_s2/" in t for t in first) == 3
+        assert ha.publish("homeassistant/status", b"online", qos=0) == SUCCESS
+        assert configs(10) == first
     finally:
         w.stop()
     forget = subprocess.run([sys.executable, "-m", "worker", "--ha-forget"], env=w.env,
                             capture_output=True, text=True, timeout=60)
     assert forget.returncode == 0, forget.stderr
     assert forget.stdout.startswith("removed 10 ")
-    assert observer.publish("homeassistant/done", done) == SUCCESS
-    cleared = {t for t, p in observer.until(done) if p == b"" and t.endswith("/config")}
-    assert cleared == set(configs)
-    assert s1.inbox.empty()  # twenty configs and removals went by: a sensor got none
-    for peer in (observer, s1, s2):
+    done = marker()
+    assert ha.publish("homeassistant/status", done, qos=0) == SUCCESS
+    cleared = {t for t, p in ha.until(done) if p == b"" and t.endswith("/config")}
+    assert cleared == set(first)
+    assert s1.inbox.empty()  # thirty configs and removals went by: a sensor got none
+    for peer in (ha, s1, s2):
         peer.close()
     cleaner = Peer(ep, "worker-pi1")
     assert cleaner.connect() == SUCCESS
