@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what pip cannot: Mosquitto (broker and clients), jq, curl, openssl, ss and Prometheus,
-# and for the network-fault tests ip (netns, veth) and nft, from Debian. Idempotent: does
+# Installs what pip cannot: Mosquitto (broker and clients), jq, curl, openssl, ss, Prometheus and
+# Chromium with its driver, and for the network-fault tests ip (netns, veth) and nft, from Debian. Idempotent: does
 # nothing when they are already there.
 set -euo pipefail
 missing=()
@@ -17,6 +17,9 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
 # tests/reliability/test_network_faults.py: `ip netns` and a veth pair (iproute2, above, with ss)
 # and nft rules inside it
 { command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; } || missing+=(nftables)
+# tests/test_page.py: the bridge's page and /docs in a real headless browser (selenium drives it)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

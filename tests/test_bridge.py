@@ -330,12 +330,14 @@ def test_malformed_statuses_and_replies_do_not_hurt_the_bridge(
 
 def test_metrics_count_requests_by_route_and_status(http: httpx.Client) -> None:
     http.post("/infer", json=SEED_BODY)
+    http.post("/infer", content=b"nope", headers={"content-type": "application/json"})
     http.post("/infer", content=b"nope")
     http.get("/healthz")
     http.get("/no-such-page")
     text = http.get("/metrics").text
     assert metric(text, 'hailo_bridge_requests_total{route="/infer",status="200"}') >= 1
     assert metric(text, 'hailo_bridge_requests_total{route="/infer",status="422"}') >= 1
+    assert metric(text, 'hailo_bridge_requests_total{route="/infer",status="415"}') >= 1
     assert metric(text, 'hailo_bridge_requests_total{route="/healthz",status="200"}') >= 1
     assert metric(text, 'hailo_bridge_requests_total{route="other",status="404"}') == 1
     assert metric(text, "hailo_bridge_requests_in_flight") == 1  # this very request
@@ -598,6 +600,21 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "worker.bridge.cli", *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
                           cwd=REPO)
+
+
+def test_without_its_extra_the_bridge_says_what_to_install(tmp_path: Path) -> None:
+    """`pip install .` alone leaves out uvicorn and FastAPI (the `bridge` extra)."""
+    for missing in ("uvicorn", "fastapi"):
+        shadow = tmp_path / missing / missing
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text(
+            f"raise ModuleNotFoundError('No module named {missing}', name='{missing}')\n")
+        env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+        done = subprocess.run([sys.executable, "-m", "worker.bridge.cli"], env=env,
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2
+        assert done.stderr == (f"hailo-bridge: {missing} is not installed; the bridge needs its "
+                               "extra: pip install 'hailo-edge-worker[bridge]'\n")
 
 
 def test_help_lists_the_settings() -> None:

@@ -210,6 +210,7 @@ class Worker:
             self.summaries.new.clear()
         for topic, payload in self.summaries.due(now):
             self.link.publish(topic, payload, qos=0, retain=True, props=self._status_props)
+        wait = min(wait, self.summaries.wait_s(now))
         if self.queue.closed and self.scheduler.idle and not self.flow.unanswered:
             self._drained.set()
         self.flow.mark(time.monotonic())

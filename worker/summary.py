@@ -44,6 +44,7 @@ class Summaries:
         self.interval_s = interval_s
         self._sensors: OrderedDict[str, _Sensor] = OrderedDict()
         self._next_due = 0.0
+        self._wake_at = float("inf")  # when the earliest summary with news falls due
         self.new: list[str] = []
         """Sensors seen for the first time since the owner last emptied this list."""
 
@@ -67,24 +68,40 @@ class Summaries:
         sensor = self._sensor(sensor_id, now)
         sensor.seq, sensor.scores, sensor.latency_ms = seq, scores, latency_ms
         sensor.windows += 1
-        sensor.dirty = True
+        self._news(sensor)
 
     def error(self, sensor_id: str, code: str, now: float) -> None:
         sensor = self._sensor(sensor_id, now)
         sensor.errors[code] = sensor.errors.get(code, 0) + 1
         sensor.windows += 1
-        sensor.dirty = True
+        self._news(sensor)
+
+    def _news(self, sensor: _Sensor) -> None:
+        if not sensor.dirty:
+            sensor.dirty = True
+            self._wake_at = min(self._wake_at, sensor.since + self.interval_s)
+
+    def wait_s(self, now: float) -> float:
+        """How long until a summary with news falls due (inf: none has news). Without it, the
+        network thread, idle between windows, would sit on a due summary until the next packet."""
+        if self.interval_s <= 0 or self._wake_at == float("inf"):
+            return float("inf")
+        return max(0.0, self._wake_at - now, self._next_due - now)
 
     def due(self, now: float, *, everything: bool = False) -> Iterator[tuple[str, bytes]]:
         """(topic, payload) of every summary due now; `everything`: all with news (a stop)."""
         if not everything and (self.interval_s <= 0 or now < self._next_due):
             return
         self._next_due = now + min(self.interval_s, 0.25) if self.interval_s > 0 else 0.0
+        wake_at = float("inf")
         for sensor_id, sensor in self._sensors.items():
             if sensor.dirty and (everything or now - sensor.since >= self.interval_s):
                 yield f"infer/{sensor_id}/summary", json.dumps(
                     self._document(sensor_id, sensor, now)).encode()
                 sensor.since, sensor.windows, sensor.errors, sensor.dirty = now, 0, {}, False
+            elif sensor.dirty:
+                wake_at = min(wake_at, sensor.since + self.interval_s)
+        self._wake_at = wake_at
 
     def _document(self, sensor_id: str, sensor: _Sensor, now: float) -> dict[str, Any]:
         doc: dict[str, Any] = {"sensor_id": sensor_id, "worker_id": self.worker_id,

@@ -1,4 +1,5 @@
-"""The bridge's HTTP side: `/healthz`, `/infer` and `/metrics` (CONTRACT.md, "HTTP bridge").
+"""The bridge's HTTP side: `/healthz`, `/infer`, `/metrics`, the live page `/` with its event
+stream `/events`, and Swagger UI at `/docs` (CONTRACT.md, "HTTP bridge").
 
 `/infer` reads the body itself (bounded by BRIDGE_MAX_BODY_BYTES, before any parsing) and
 validates it straight from the bytes with pydantic; the OpenAPI schema still shows the model.
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -38,6 +42,7 @@ from worker.settings import BridgeSettings
 log = logging.getLogger("worker.bridge")
 
 STARTUP_WAIT_S = 5.0
+EVENT_INTERVAL_S = 1.0  # the page is at most this far behind the broker
 RETRY_AFTER_S = "1"
 # A worker's error code -> the HTTP status a client of /infer gets; anything else is a 502.
 WORKER_ERROR_STATUS = {
@@ -167,12 +172,15 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         finally:
             await asyncio.to_thread(bridge.stop)
 
-    app = FastAPI(
+    # Swagger UI's script and styles come with the package (fastapi-offline), not from a CDN: a
+    # Pi with no internet shows /docs too. ReDoc is not offered.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="hailo-bridge",
         version=__version__,
         description="HTTP sidecar of the edge inference service: `/infer` sends a window to "
         "a worker over MQTT and returns its answer; `/healthz` says whether any worker is "
-        "online.",
+        "online; `/` is a live page of the workers and sensors.",
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -237,6 +245,27 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
             metrics.worker_errors.labels(exc.code if known else "other").inc()
             raise
 
+    page = resources.files("worker.bridge").joinpath("page.html").read_bytes()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def live_page() -> Response:
+        # The page holds no data: what it shows comes from /events, behind the token if set.
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get(
+        "/events",
+        dependencies=dependencies,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}},
+                         "description": "Server-Sent Events: a `snapshot` of every worker and "
+                         "sensor each second (what the live page at `/` shows)."},
+                   **_error_responses(*auth_statuses)},
+    )
+    async def events(request: Request) -> Response:
+        return StreamingResponse(_snapshots(request, bridge), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
+
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         metrics.pending.set(bridge.pending)
@@ -245,6 +274,18 @@ def create_app(settings: BridgeSettings, bridge: BridgeMqtt) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _snapshots(request: Request, bridge: BridgeMqtt) -> AsyncIterator[str]:
+    """One `snapshot` event a second until the client leaves or the server stops.
+
+    A whole snapshot each time rather than changes: a page that (re)connects is complete at
+    once, and 100 sensors are about 40 KB a second, less than the JSON of one /infer body.
+    """
+    stopping: Callable[[], bool] = getattr(request.app.state, "stopping", lambda: False)
+    while not stopping() and not await request.is_disconnected():
+        yield f"event: snapshot\ndata: {json.dumps(bridge.snapshot())}\n\n"
+        await asyncio.sleep(EVENT_INTERVAL_S)
 
 
 def _authorizer(token: str) -> Callable[..., Coroutine[Any, Any, None]]:

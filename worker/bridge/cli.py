@@ -12,6 +12,7 @@ from types import FrameType
 from worker import __version__
 from worker.logs import configure
 from worker.settings import (
+    EXIT_CONFIG,
     BridgeSettings,
     ConfigError,
     fail,
@@ -48,12 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure(settings.log_level, settings.log_format)
 
-    # Imported here so that --help and --print-config stay quick.
-    import uvicorn
+    # Imported here so that --help and --print-config stay quick, and so that a package
+    # installed without its `bridge` extra says what is missing instead of a traceback.
+    try:
+        import uvicorn
 
-    from worker.bridge.app import create_app
-    from worker.bridge.mqtt import BridgeMqtt
-    from worker.bridge.server import LIMIT_CONCURRENCY, HeaderTimeoutH11
+        from worker.bridge.app import create_app
+        from worker.bridge.mqtt import BridgeMqtt
+        from worker.bridge.server import LIMIT_CONCURRENCY, HeaderTimeoutH11
+    except ModuleNotFoundError as exc:
+        print(f"{PROG}: {exc.name} is not installed; the bridge needs its extra: "
+              "pip install 'hailo-edge-worker[bridge]'", file=sys.stderr)
+        return EXIT_CONFIG
 
     try:
         bridge = BridgeMqtt(settings)
@@ -63,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handlers it found: with these the process exits 0 after a clean stop, as the worker does.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stopped)
-    uvicorn.run(
-        create_app(settings, bridge),
+    app = create_app(settings, bridge)
+    server = uvicorn.Server(uvicorn.Config(
+        app,
         host=settings.bridge_host,
         port=settings.bridge_port,
         log_config=None,  # our handlers (LOG_FORMAT) take uvicorn's records too
@@ -73,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         http=HeaderTimeoutH11,
         limit_concurrency=LIMIT_CONCURRENCY,
-    )
+    ))
+    # An event stream never ends by itself: it ends when the server starts to stop.
+    app.state.stopping = lambda: server.should_exit
+    server.run()
     return 0
 
 

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.metrics import LATENCY_BUCKETS
 
 # A fixed label set: a scanner probing random paths must not grow the registry without bound.
-ROUTES = frozenset({"/healthz", "/infer", "/metrics", "/docs", "/openapi.json"})
+ROUTES = frozenset({"/healthz", "/infer", "/metrics", "/docs", "/openapi.json", "/", "/events"})
 
 
 class BridgeMetrics:

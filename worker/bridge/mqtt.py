@@ -1,7 +1,8 @@
 """The bridge's MQTT side: which workers are alive, and request/response with them.
 
 One paho client (through MqttLink) per bridge process, under its own client id, clean session,
-subscribed to `hailo/+/status` (the retained statuses) and `reply/<client id>/#`. An /infer window
+subscribed to `hailo/+/status` (the retained statuses), `infer/+/summary` (for the live page)
+and `reply/<client id>/#`. An /infer window
 goes to `imu/bridge/window` with ResponseTopic `reply/<client id>/infer` and a fresh
 CorrelationData; the worker's answer is matched back by that correlation data to the asyncio
 future of the request that sent it. Any number of requests can be in flight, with no lock
@@ -43,6 +44,8 @@ log = logging.getLogger("worker.bridge")
 SENSOR_ID = "bridge"
 WINDOW_TOPIC = f"imu/{SENSOR_ID}/window"
 STATUS_FILTER = "hailo/+/status"
+SUMMARY_FILTER = "infer/+/summary"
+MAX_SENSORS = 10_000  # what the page keeps; the broker's users bound the sensors anyway
 WINDOW_CONTENT_TYPE = "application/msgpack"
 LIVE_STATES = frozenset({"starting", "online", "degraded"})
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -117,6 +120,19 @@ def parse_status(payload: bytes) -> dict[str, Any] | None:
     return doc
 
 
+def parse_summary(payload: bytes) -> dict[str, Any] | None:
+    """A sensor summary, or None when it is not one."""
+    try:
+        doc = json.loads(payload, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _age(seconds: float) -> float | None:
+    return round(seconds, 1) if math.isfinite(seconds) else None
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN and Infinity could not be served back as JSON
 
@@ -170,6 +186,7 @@ class BridgeMqtt:
         self._reply_prefix = f"reply/{self.client_id}/"
         self._sync_topic = f"reply/{self.client_id}/sync"  # never subscribed: see _on_connected
         self._workers: dict[str, WorkerSeen] = {}
+        self._sensors: dict[str, tuple[dict[str, Any], float]] = {}  # summary, seen_at
         self._pending: dict[bytes, Pending] = {}
         # Fresh correlation data without a syscall per request: unique to this process (a
         # random prefix) and to the request (a counter); the replies come to our topic only.
@@ -180,7 +197,8 @@ class BridgeMqtt:
         self.link = MqttLink(
             settings,
             client_id=self.client_id,
-            subscriptions=[(STATUS_FILTER, 1), (f"{self._reply_prefix}#", 1)],
+            subscriptions=[(STATUS_FILTER, 1), (SUMMARY_FILTER, 0),
+                           (f"{self._reply_prefix}#", 1)],
             on_message=self._on_message,
             clean_start=True,
             session_expiry_s=0,
@@ -222,6 +240,20 @@ class BridgeMqtt:
         now = time.monotonic()
         return sum(1 for w in list(self._workers.values())
                    if w.state == "online" and now - w.seen_at <= self.fresh_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the live page shows: every worker and sensor, with how long ago each reported."""
+        now = time.monotonic()
+        workers = []
+        for seen in sorted(list(self._workers.values()), key=lambda w: str(w.doc.get("worker_id"))):
+            age = now - seen.seen_at
+            workers.append({**seen.doc, "age_s": _age(age),
+                            "stale": seen.state in LIVE_STATES and age > self.fresh_s})
+        sensors = [{**doc, "age_s": _age(now - seen_at)}
+                   for _, (doc, seen_at) in sorted(list(self._sensors.items()))]
+        return {"bridge": {"client_id": self.client_id, "connected": self.broker_error is None,
+                           "error": self.broker_error, "fresh_s": self.fresh_s},
+                "workers": workers, "sensors": sensors}
 
     # -- request / response ------------------------------------------------------------------
 
@@ -276,6 +308,8 @@ class BridgeMqtt:
                 self._on_reply(msg)
             elif msg.topic.startswith("hailo/"):
                 self._on_status(msg)
+            elif msg.topic.startswith("infer/"):
+                self._on_summary(msg)
         except Exception:  # nothing another client publishes may take the network thread down
             log.exception("unexpected failure on a message on %s", msg.topic)
 
@@ -300,6 +334,24 @@ class BridgeMqtt:
         loop, future = entry
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_settle, future, bytes(msg.payload))
+
+    def _on_summary(self, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 3 or parts[2] != "summary" or not parts[1]:
+            return
+        sensor_id = parts[1]
+        if not msg.payload:
+            self._sensors.pop(sensor_id, None)
+            return
+        doc = parse_summary(bytes(msg.payload))
+        if doc is None:
+            return
+        doc["sensor_id"] = sensor_id  # the topic names the sensor, as for statuses
+        seen_at = time.monotonic() - (retained_age(doc, time.time()) if msg.retain else 0.0)
+        if sensor_id not in self._sensors and len(self._sensors) >= MAX_SENSORS:
+            oldest = min(self._sensors, key=lambda k: self._sensors[k][1])
+            self._sensors.pop(oldest, None)
+        self._sensors[sensor_id] = (doc, seen_at)
 
     def _on_status(self, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
