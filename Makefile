@@ -48,6 +48,7 @@ bench: install system-deps
 	$(BIN)/python bench/bench_worker_cost.py
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_bridge.py
+	$(BIN)/python bench/bench_page.py
 
 bench-full: install system-deps
 	$(BIN)/python bench/bench_pipeline.py --record

@@ -48,7 +48,7 @@ for _ in $(seq 100); do
 done
 cat <<MSG
 worker: $WORKER_ID, INFER_MODE=$INFER_MODE (log .run/worker.log, metrics http://localhost:$METRICS_PORT/metrics)
-bridge: http://localhost:$BRIDGE_PORT  (docs /docs, health /healthz; log .run/bridge.log)
+bridge: http://localhost:$BRIDGE_PORT  (live page /, docs /docs, health /healthz; log .run/bridge.log)
 watch:  mosquitto_sub -p $MQTT_PORT -t 'infer/#' -t 'hailo/+/status' -v
 send:   mosquitto_pub -p $MQTT_PORT -t imu/demo/window -f schemas/examples/window.msgpack -q 1
 sensors: $SENSORS simulated at $RATE windows/s each; Ctrl-C stops everything
