@@ -336,11 +336,12 @@ def test_home_assistant_discovery_through_the_production_broker(
     again; `--ha-forget` finds them (the worker role reads the prefix) and clears them; a sensor
     reads none of it."""
     ep = Endpoint("tcp", 0, None).on(prod_broker)
-    ha, s1, s2 = Peer(ep, "dashboard"), Peer(ep, "s1"), Peer(ep, "s2")
-    for peer in (ha, s1, s2):
+    ha, s1, s2, watch = (Peer(ep, name) for name in ("dashboard", "s1", "s2", "bridge"))
+    for peer in (ha, s1, s2, watch):
         assert peer.connect() == SUCCESS
     ha.subscribe("homeassistant/#")
     s1.subscribe("homeassistant/#")
+    watch.subscribe("hailo/worker-pi1/status")
     creds = {"mqtt_username": "worker-pi1", "mqtt_password": PASSWORDS["worker-pi1"]}
     w = WorkerProcess(ep.port, worker_id="worker-pi1", log_dir=tmp_path, ha_discovery="true",
                       summary_interval_s="0.2", **creds).start()
@@ -356,7 +357,9 @@ def test_home_assistant_discovery_through_the_production_broker(
         return got
 
     try:
-        wait_for(lambda: "serving imu/+/window" in w.log(), "the worker serving", 20)
+        # `online` comes once the worker has subscribed (an earlier test's is cleared).
+        wait_for(lambda: any(b'"online"' in p for _, p in list(watch.inbox.queue)),
+                 "the worker online", 20)
         assert s2.publish("imu/s2/window", encode_window(
             np.zeros((100, 9), np.float32), seq=1)) == SUCCESS
         first = configs(10)
@@ -366,6 +369,7 @@ def test_home_assistant_discovery_through_the_production_broker(
         assert configs(10) == first
     finally:
         w.stop()
+        _clear_retained(ep, "worker-pi1", "hailo/worker-pi1/status", "infer/s2/summary")
     forget = subprocess.run([sys.executable, "-m", "worker", "--ha-forget"], env=w.env,
                             capture_output=True, text=True, timeout=60)
     assert forget.returncode == 0, forget.stderr
@@ -375,11 +379,15 @@ def test_home_assistant_discovery_through_the_production_broker(
     cleared = {t for t, p in ha.until(done) if p == b"" and t.endswith("/config")}
     assert cleared == set(first)
     assert s1.inbox.empty()  # thirty configs and removals went by: a sensor got none
-    for peer in (ha, s1, s2):
+    for peer in (ha, s1, s2, watch):
         peer.close()
-    cleaner = Peer(ep, "worker-pi1")
+
+
+def _clear_retained(ep: Endpoint, user: str, *topics: str) -> None:
+    """Leave the module's broker as the next test expects it."""
+    cleaner = Peer(ep, user)
     assert cleaner.connect() == SUCCESS
-    for topic in ("hailo/worker-pi1/status", "infer/s2/summary"):
+    for topic in topics:
         cleaner.publish(topic, b"", retain=True)
     cleaner.close()
 

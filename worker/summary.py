@@ -82,8 +82,8 @@ class Summaries:
             self._wake_at = min(self._wake_at, sensor.since + self.interval_s)
 
     def wait_s(self, now: float) -> float:
-        """How long until a summary with news falls due (inf: none has news). Without it, the
-        network thread, idle between windows, would sit on a due summary until the next packet."""
+        """How long until a summary with news falls due (inf: none has news), so that the
+        network thread, idle between windows, wakes for it rather than at its next idle tick."""
         if self.interval_s <= 0 or self._wake_at == float("inf"):
             return float("inf")
         return max(0.0, self._wake_at - now, self._next_due - now)
